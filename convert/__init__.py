@@ -1,0 +1,1 @@
+"""Conversion of training checkpoints to edge model folders."""

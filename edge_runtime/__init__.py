@@ -1,0 +1,1 @@
+"""The edge runtime: numpy + LiteRT only (never TensorFlow, training or convert)."""

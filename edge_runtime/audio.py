@@ -1,0 +1,101 @@
+"""µ-law companding and the log-mel front end in numpy: the one definition of the model's audio features.
+
+The TensorFlow front end used in training (``training/audio.py``) takes its window, padding and filterbank from
+here, so both compute the same thing (tested to 1e-4). The spectrum is computed in float64 because the log of a
+near-floor band amplifies float32 FFT rounding.
+
+Framing: frame ``f`` is centred on sample ``f * hop + hop // 2``, i.e. it describes the samples
+``[f * hop, (f + 1) * hop)``. The signal is zero-padded by ``n_fft // 2 - hop // 2`` on the left and as much as
+needed on the right; a signal of ``T`` samples gives ``T // hop`` frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def mu_law_encode(audio: np.ndarray, classes: int = 256) -> np.ndarray:
+    """Float audio in [-1, 1] -> int32 class indices in [0, classes)."""
+    mu = classes - 1
+    x = np.clip(np.asarray(audio, dtype=np.float64), -1.0, 1.0)
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    return np.floor((y + 1.0) / 2.0 * mu + 0.5).astype(np.int32)
+
+
+def mu_law_decode(classes_: np.ndarray, classes: int = 256) -> np.ndarray:
+    """Int class indices -> float32 audio in [-1, 1] (the centre of each µ-law bin)."""
+    mu = classes - 1
+    y = 2.0 * np.asarray(classes_, dtype=np.float64) / mu - 1.0
+    return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular filters on the HTK mel scale, area-normalised (Slaney): float64 [n_fft // 2 + 1, n_mels]."""
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs[None, :] - lower) / (centre - lower)
+    falling = (upper - freqs[None, :]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (upper - lower))
+    return weights.T
+
+
+def analysis_window(n_fft: int, win_length: int) -> np.ndarray:
+    """Periodic Hann window of ``win_length``, zero-padded to ``n_fft`` and centred: float64 [n_fft]."""
+    n = np.arange(win_length)
+    hann = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
+    window = np.zeros(n_fft)
+    start = (n_fft - win_length) // 2
+    window[start:start + win_length] = hann
+    return window
+
+
+def frame_padding(num_samples: int, n_fft: int, hop: int) -> tuple[int, int]:
+    """Zeros added (left, right) so that ``num_samples // hop`` frames centred per the module docstring fit."""
+    left = n_fft // 2 - hop // 2
+    frames = num_samples // hop
+    right = max(0, (frames - 1) * hop + n_fft - left - num_samples) if frames else 0
+    return left, right
+
+
+def log_mel(audio: np.ndarray, *, sample_rate: int, n_fft: int, win_length: int, hop_length: int, n_mels: int,
+            fmin: float, fmax: float, log_floor: float) -> np.ndarray:
+    """Log-mel frames of a mono float signal.
+
+    Args:
+        audio: float samples in [-1, 1], shape [T].
+        sample_rate, n_fft, win_length, hop_length, n_mels, fmin, fmax, log_floor: the config's front end.
+
+    Returns:
+        float32 [T // hop_length, n_mels]: ``log(max(mel_magnitude, log_floor))``.
+    """
+    x = np.asarray(audio, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"log_mel expects mono audio of shape [T], got shape {x.shape}")
+    frames = x.shape[0] // hop_length
+    if frames == 0:
+        return np.zeros((0, n_mels), np.float32)
+    left, right = frame_padding(x.shape[0], n_fft, hop_length)
+    padded = np.pad(x, (left, right))
+    idx = np.arange(frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
+    spectrum = np.abs(np.fft.rfft(padded[idx] * analysis_window(n_fft, win_length), axis=-1))
+    mel = spectrum @ mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    return np.log(np.maximum(mel, log_floor)).astype(np.float32)
+
+
+FRONT_END_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "log_floor")
+
+
+def front_end_params(config: dict) -> dict:
+    """Picks the front end's keyword arguments out of a config dict (training config or manifest)."""
+    return {k: config[k] for k in FRONT_END_KEYS}

@@ -1,0 +1,63 @@
+"""Config: presets, JSON round trip, unknown keys, --set parsing (no TensorFlow)."""
+
+import json
+
+import pytest
+
+from training.config import PRESETS, Config, ConfigError, macs_per_sample, receptive_field
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_json_round_trip(tmp_path, name):
+    config = Config.preset(name, speakers=("a", "b"))
+    config.to_json(tmp_path / "config.json")
+    again = Config.from_json(tmp_path / "config.json")
+    assert again == config
+    assert isinstance(again.upsample_scales, tuple) and isinstance(again.speakers, tuple)
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    values = Config.preset("tiny").to_dict()
+    values["residual_chanels"] = 3
+    (tmp_path / "c.json").write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match=r"unknown config key 'residual_chanels'.*residual_channels"):
+        Config.from_json(tmp_path / "c.json")
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        Config.preset("s").with_overrides(["nope=1"])
+
+
+def test_wrong_types_and_values_are_errors():
+    with pytest.raises(ConfigError, match="residual_channels must be int"):
+        Config.from_dict({"residual_channels": "64"})
+    with pytest.raises(ConfigError, match="upsample_scales"):
+        Config.preset("s", hop_length=200)  # scales (4, 5, 8) multiply to 160
+    with pytest.raises(ConfigError, match="kernel_size"):
+        Config.preset("s", kernel_size=4)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        Config.preset("huge")
+
+
+def test_overrides_parse_by_field_type():
+    c = Config.preset("s").with_overrides(["sample_rate=8000", "fmax=4000", "upsample_scales=4,4,5",
+                                           "hop_length=80", "jit_compile=false", "speakers=a,b"])
+    assert (c.sample_rate, c.fmax, c.upsample_scales, c.jit_compile, c.speakers) == (
+        8000, 4000.0, (4, 4, 5), False, ("a", "b"))
+    with pytest.raises(ConfigError, match="bad value for stacks"):
+        Config.preset("s").with_overrides(["stacks=two"])
+
+
+def test_reference_sizes():
+    s, xs, paper = Config.preset("s"), Config.preset("xs"), Config.preset("paper")
+    assert s.dilations == tuple(2**i for i in range(10)) * 2
+    assert receptive_field(s) == 2047
+    # findings.md: the reference model costs about 0.9 M multiply-adds per sample
+    assert 0.85e6 < macs_per_sample(s) < 0.95e6
+    assert macs_per_sample(xs) < 0.25 * macs_per_sample(s)  # "well under a third"
+    assert paper.dilations == tuple(2**i for i in range(10)) * 3 and paper.mu_classes == 256
+    assert receptive_field(Config.preset("tiny", kernel_size=3)) == 2 * (1 + 2 + 4 + 8) + 1
+
+
+def test_config_is_frozen():
+    c = Config.preset("tiny")
+    with pytest.raises(AttributeError):
+        c.stacks = 3  # type: ignore[misc]

@@ -1,0 +1,129 @@
+"""Reading folders of recordings, labelling, splitting, resampling, and the training windows."""
+
+import numpy as np
+import pytest
+
+from conftest import assert_clean_error, run_cli, voice, write_wav
+from edge_runtime.audio import log_mel, front_end_params, mu_law_encode
+from training.config import receptive_field
+from training.data import (DataError, find_audio_files, is_validation, load_corpus, read_audio, segment_dataset,
+                           speaker_of, trim_silence, window_frames)
+
+FSDD_REGEX = r"^\d+_(?P<speaker>[a-z]+)_\d+"
+
+
+def test_speaker_labels_from_folders_and_regex(tiny_data):
+    files = find_audio_files(tiny_data)
+    assert len(files) == 16
+    assert {speaker_of(p, tiny_data, None) for p in files} == {"alice", "bob"}
+    assert {speaker_of(p, tiny_data, FSDD_REGEX) for p in files} == {"alice", "bob"}
+    with pytest.raises(DataError, match="does not match"):
+        speaker_of(files[0], tiny_data, r"^(?P<speaker>zz)")
+
+
+def test_split_is_reproducible():
+    names = [f"spk/{i}.wav" for i in range(2000)]
+    chosen = [n for n in names if is_validation(n, None, 0.1)]
+    assert chosen == [n for n in reversed(names) if is_validation(n, None, 0.1)][::-1]
+    assert 150 < len(chosen) < 250
+    assert is_validation("x/3_bob_0.wav", r"_[0-4]\.wav$", 0.0) and not is_validation("x/3_bob_7.wav", r"_[0-4]\.wav$", 0.0)
+
+
+def test_corpus_split_speakers_and_alignment(tiny_data, tiny_config):
+    config = tiny_config.replace(speakers=())
+    corpus = load_corpus(tiny_data, config, val_regex=r"_[0-1]\.wav$")
+    assert corpus.speakers == ("alice", "bob")
+    assert len(corpus.val) == 4 and len(corpus.train) == 12
+    u = corpus.val[0]
+    assert u.num_samples % config.hop_length == 0 and u.mel.shape == (u.num_samples // config.hop_length, 16)
+    # Training utterances start with at least one receptive field of silence (µ-law class 128).
+    t = corpus.train[0]
+    lead = np.argmax(t.classes != 128)
+    assert lead >= receptive_field(config) and t.num_samples >= window_frames(config) * config.hop_length
+
+
+def test_resampling_stereo_and_odd_rates(tmp_path):
+    rng = np.random.default_rng(0)
+    x = voice(rng, 200.0, 0.5, 11025)
+    write_wav(tmp_path / "odd.wav", np.stack([x, x], axis=1), 11025)
+    y = read_audio(tmp_path / "odd.wav", 8000)
+    assert abs(y.shape[0] - 4000) <= 1
+    # the 200 Hz fundamental survives resampling: peak of the spectrum within one bin
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(y.shape[0])))
+    assert abs(np.argmax(spectrum) * 8000 / y.shape[0] - 200) < 2.5
+
+
+def test_trim_silence():
+    x = np.concatenate([np.zeros(4000), 0.5 * np.ones(2000), np.zeros(4000)]).astype(np.float32)
+    y = trim_silence(x, 8000, 40.0)
+    assert 2000 <= y.shape[0] <= 2000 + 2 * 200 and np.abs(y).max() == 0.5
+    assert trim_silence(x, 8000, 0).shape == x.shape
+
+
+def test_windows_are_aligned_slices(tiny_data, tiny_config):
+    corpus = load_corpus(tiny_data, tiny_config, val_regex=r"_0\.wav$")
+    ds = segment_dataset(corpus.train, tiny_config, batch_size=3, seed=5)
+    batch = next(iter(ds))
+    hop, wf = tiny_config.hop_length, window_frames(tiny_config)
+    assert tuple(batch["audio"].shape) == (3, wf * hop) and tuple(batch["mel"].shape) == (3, wf, 16)
+    for b in range(3):
+        u = corpus.train[0]
+        matches = []
+        for u in corpus.train:
+            for f in range(u.num_samples // hop - wf + 1):
+                if np.array_equal(u.classes[f * hop:(f + wf) * hop], batch["audio"][b].numpy()):
+                    matches.append((u, f))
+        assert matches, "window is not a slice of a training utterance"
+        u, f = matches[0]
+        np.testing.assert_array_equal(batch["mel"][b].numpy(), u.mel[f:f + wf])
+        assert int(batch["speaker"][b]) == u.speaker
+
+
+def test_same_seed_same_windows(tiny_data, tiny_config):
+    corpus = load_corpus(tiny_data, tiny_config, val_regex=r"_0\.wav$")
+    a = next(iter(segment_dataset(corpus.train, tiny_config, 4, seed=11)))["audio"].numpy()
+    b = next(iter(segment_dataset(corpus.train, tiny_config, 4, seed=11)))["audio"].numpy()
+    c = next(iter(segment_dataset(corpus.train, tiny_config, 4, seed=12)))["audio"].numpy()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_numpy_front_end_is_used_for_data(tiny_data, tiny_config):
+    corpus = load_corpus(tiny_data, tiny_config, val_regex=r"_0\.wav$")
+    audio = read_audio(tiny_data / "alice" / "0_alice_0.wav", 8000)
+    audio = trim_silence(audio, 8000, tiny_config.trim_db)
+    audio = audio[: audio.shape[0] // 32 * 32]
+    u = next(v for v in corpus.val if v.name == "alice/0_alice_0.wav")
+    np.testing.assert_array_equal(u.classes, mu_law_encode(audio))
+    np.testing.assert_array_equal(u.mel, log_mel(audio, **front_end_params(tiny_config.to_dict())))
+
+
+# ---------------------------------------------------------------- bad input through the CLI: one line, exit 2
+def _train(data, out, *extra):
+    return run_cli("train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--steps", "1", "--quiet",
+                   *extra)
+
+
+@pytest.mark.slow
+def test_bad_data_folders_give_clean_errors(tmp_path, tiny_data):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_error(_train(empty, tmp_path / "r1"), "no .wav or .flac files")
+    assert_clean_error(_train(tmp_path / "missing", tmp_path / "r2"), "does not exist")
+
+    garbage = tmp_path / "garbage"
+    write_wav(garbage / "a" / "ok.wav", voice(np.random.default_rng(0), 200, 0.3, 8000), 8000)
+    (garbage / "a" / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00not a wave file at all")
+    assert_clean_error(_train(garbage, tmp_path / "r3"), "cannot read audio file", "broken.wav")
+
+    zero = tmp_path / "zero"
+    write_wav(zero / "a" / "ok.wav", voice(np.random.default_rng(0), 200, 0.3, 8000), 8000)
+    write_wav(zero / "a" / "empty.wav", np.zeros(0, np.float32), 8000)
+    assert_clean_error(_train(zero, tmp_path / "r4"), "empty.wav")
+    (zero / "a" / "empty.wav").write_bytes(b"")
+    assert_clean_error(_train(zero, tmp_path / "r5"), "empty.wav")
+
+    assert_clean_error(_train(tiny_data, tmp_path / "r6", "--speaker-regex", r"^(?P<speaker>zz)"),
+                       "--speaker-regex", "does not match")
+    assert_clean_error(_train(tiny_data, tmp_path / "r7", "--set", "residual_chanels=3"),
+                       "unknown config key 'residual_chanels'")
+    assert not (tmp_path / "r6").exists() and not (tmp_path / "r7").exists()

@@ -1,0 +1,234 @@
+"""Reading a folder of recordings into utterances, and the tf.data pipeline of random training segments."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.audio import front_end_params, log_mel, mu_law_encode
+from training.config import Config, receptive_field
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+class DataError(ValueError):
+    """The data folder or one of its files cannot be used (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One prepared recording: µ-law classes, aligned log-mel frames and speaker index."""
+
+    name: str
+    speaker: int
+    classes: np.ndarray  # int32 [T], T a multiple of the frame length
+    mel: np.ndarray | None  # float32 [T // hop, n_mels]
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the utterance."""
+        return int(self.classes.shape[0])
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A folder split into training and validation utterances, with the speaker names in index order.
+
+    Training utterances carry leading silence (see :func:`training_lead`); validation utterances do not.
+    """
+
+    train: list[Utterance]
+    val: list[Utterance]
+    speakers: tuple[str, ...]
+
+
+def find_audio_files(root: str | os.PathLike) -> list[Path]:
+    """All WAV/FLAC files under ``root``, recursively, sorted by relative path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no .wav or .flac files under {root}")
+    return files
+
+
+def speaker_of(path: Path, root: Path, speaker_regex: str | None) -> str:
+    """Speaker label: the regex's ``speaker`` group on the file name, else the parent folder's name."""
+    if speaker_regex:
+        m = re.search(speaker_regex, path.name)
+        if not m:
+            raise DataError(f"--speaker-regex {speaker_regex!r} does not match file {path.name}")
+        return m.group("speaker")
+    parent = path.parent
+    return parent.name if parent != root else "default"
+
+
+def is_validation(relative: str, val_regex: str | None, val_fraction: float) -> bool:
+    """Reproducible split: by regex on the file name, else by a hash of the relative path."""
+    if val_regex:
+        return re.search(val_regex, Path(relative).name) is not None
+    digest = hashlib.sha1(relative.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+def read_audio(path: Path, sample_rate: int) -> np.ndarray:
+    """Reads a WAV/FLAC file as float32 mono at ``sample_rate`` (channels averaged, resampled)."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise DataError(f"cannot read audio file {path}: {e}") from None
+    if audio.shape[0] == 0:
+        raise DataError(f"audio file {path} has no samples")
+    audio = audio.mean(axis=1)
+    if rate != sample_rate:
+        g = math.gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+    if not np.all(np.isfinite(audio)):
+        raise DataError(f"audio file {path} contains NaN or infinite samples")
+    return np.clip(audio, -1.0, 1.0)
+
+
+def trim_silence(audio: np.ndarray, sample_rate: int, top_db: float) -> np.ndarray:
+    """Drops leading/trailing 25 ms frames whose RMS is more than ``top_db`` below the loudest frame."""
+    if top_db <= 0 or audio.shape[0] == 0:
+        return audio
+    frame = max(1, int(0.025 * sample_rate))
+    hop = max(1, frame // 4)
+    n = 1 + max(0, audio.shape[0] - frame) // hop
+    idx = np.arange(n)[:, None] * hop + np.arange(frame)[None, :]
+    rms = np.sqrt(np.mean(np.pad(audio, (0, frame))[idx] ** 2, axis=1))
+    loud = np.nonzero(20 * np.log10(np.maximum(rms, 1e-10) / max(rms.max(), 1e-10)) > -top_db)[0]
+    if loud.size == 0:
+        return audio[:0]
+    return audio[loud[0] * hop: min(audio.shape[0], loud[-1] * hop + frame)]
+
+
+def prepare(audio: np.ndarray, config: Config, name: str, speaker: int, left_pad: int = 0) -> Utterance:
+    """µ-law classes and log-mel of float audio, truncated to whole frames, with optional leading silence."""
+    audio = np.concatenate([np.zeros(left_pad, np.float32), audio])
+    audio = audio[: audio.shape[0] // config.frame_length * config.frame_length]
+    mel = log_mel(audio, **front_end_params(config.to_dict())) if config.use_mel else None
+    return Utterance(name, speaker, mu_law_encode(audio, config.mu_classes), mel)
+
+
+def load_recordings(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None,
+                    workers: int = 8) -> list[tuple[str, str, np.ndarray]]:
+    """Reads, resamples and trims every recording: ``[(relative path, speaker label, float audio)]``."""
+    root = Path(data_dir)
+    files = find_audio_files(root)
+    labels = [speaker_of(p, root, speaker_regex) for p in files]
+
+    def load(path: Path) -> np.ndarray:
+        audio = trim_silence(read_audio(path, config.sample_rate), config.sample_rate, config.trim_db)
+        if audio.shape[0] < 2 * config.frame_length:
+            raise DataError(f"audio file {path} is too short after trimming ({audio.shape[0]} samples)")
+        return audio
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # libsndfile and scipy release the GIL
+        audios = list(pool.map(load, files))
+    return [(p.relative_to(root).as_posix(), label, a) for p, label, a in zip(files, labels, audios)]
+
+
+def speaker_index(labels: list[str], config: Config) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Speaker names (the config's, else the sorted labels) and the label -> index map; unknown labels fail."""
+    speakers = config.speakers or tuple(sorted(set(labels)))
+    unknown = sorted(set(labels) - set(speakers))
+    if config.use_speaker and unknown:
+        raise DataError(f"speaker {unknown[0]!r} is not one of the model's speakers ({', '.join(speakers)})")
+    return speakers, {s: i for i, s in enumerate(speakers)}
+
+
+def load_utterances(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None) -> list[Utterance]:
+    """Every recording of a folder as an utterance without padding (for evaluation)."""
+    recordings = load_recordings(data_dir, config, speaker_regex)
+    _, index = speaker_index([label for _, label, _ in recordings], config)
+    return [prepare(audio, config, rel, index.get(label, 0)) for rel, label, audio in recordings]
+
+
+def load_corpus(data_dir: str | os.PathLike, config: Config, *, speaker_regex: str | None = None,
+                val_regex: str | None = None, val_fraction: float = 0.05) -> Corpus:
+    """Reads, resamples, trims and splits every recording under ``data_dir``.
+
+    Speakers are the labels found, sorted; if ``config.speakers`` is already set (resuming, evaluating) every
+    label must be one of them and keeps its index.
+    """
+    recordings = load_recordings(data_dir, config, speaker_regex)
+    speakers, index = speaker_index([label for _, label, _ in recordings], config)
+    train, val = [], []
+    for rel, label, audio in recordings:
+        if is_validation(rel, val_regex, val_fraction):
+            val.append(prepare(audio, config, rel, index.get(label, 0)))
+        else:
+            train.append(prepare(audio, config, rel, index.get(label, 0), training_lead(config, audio.shape[0])))
+    if not train:
+        raise DataError(f"no training files left in {data_dir} after the validation split")
+    return Corpus(train, val, tuple(speakers))
+
+
+def training_lead(config: Config, num_samples: int) -> int:
+    """Silence put before a training utterance: one receptive field, and enough to fill one window.
+
+    A window may then start at the utterance's start with a silent history, as generation starts.
+    """
+    frame = config.frame_length
+    total_frames = max(math.ceil(receptive_field(config) / frame) + num_samples // frame, window_frames(config))
+    return total_frames * frame - num_samples
+
+
+def window_frames(config: Config) -> int:
+    """Frames per training window: the receptive field plus the scored segment, in whole frames."""
+    return math.ceil((receptive_field(config) + config.segment_length) / config.frame_length)
+
+
+def segment_dataset(utterances: list[Utterance], config: Config, batch_size: int, seed: int):
+    """An endless tf.data pipeline of random training windows.
+
+    ``utterances`` are training utterances of :func:`load_corpus` (with leading silence). Window starts are drawn
+    uniformly over all valid positions (longer utterances are drawn more often). Yields dicts like the model's inputs, with
+    ``audio`` [b, L] (L = window_frames * frame) whose last ``segment_length`` targets are scored.
+    """
+    import tensorflow as tf
+
+    frame, wf = config.frame_length, window_frames(config)
+    counts = np.array([u.num_samples // frame - wf + 1 for u in utterances], np.int64)
+    frame_offsets = np.concatenate([[0], np.cumsum([p.num_samples // frame for p in utterances])[:-1]]).astype(np.int64)
+    cum = np.cumsum(counts)
+    audio_all = tf.constant(np.concatenate([p.classes for p in utterances]), tf.int32)
+    mel_all = tf.constant(np.concatenate([p.mel for p in utterances])) if config.use_mel else None
+    speakers = tf.constant([p.speaker for p in utterances], tf.int32)
+    cum_t, offsets_t, first_t = tf.constant(cum), tf.constant(frame_offsets), tf.constant(cum - counts)
+    total = int(cum[-1])
+
+    def window(r):
+        u = tf.math.floormod(tf.abs(r), total)
+        i = tf.searchsorted(cum_t, u[None], side="right")[0]
+        start = offsets_t[i] + u - first_t[i]  # frame index into the concatenation
+        out = {"audio": audio_all[start * frame:(start + wf) * frame]}
+        if mel_all is not None:
+            out["mel"] = mel_all[start:start + wf]
+        if config.use_speaker:
+            out["speaker"] = speakers[i]
+        return out
+
+    ds = tf.data.Dataset.random(seed=seed).map(window, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def unigram_entropy_bits(utterances: list[Utterance], classes: int = 256) -> float:
+    """Entropy (bits/sample) of the µ-law class histogram of the scored samples (all but each first)."""
+    counts = np.zeros(classes, np.int64)
+    for u in utterances:
+        counts += np.bincount(u.classes[1:], minlength=classes)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())

@@ -1,0 +1,176 @@
+"""WaveNet (van den Oord et al., 2016) as a Keras model.
+
+Shapes: B batch, T samples, F = T // hop frames, R residual, G gate (pre-split), H = G // 2, S skip, C cond.
+
+    audio [B,T] --Embedding--> x [B,T,R]
+    mel [B,F,n_mels] --Upsampler--> c [B,T,C] --shift by one--> c' (c'[t] belongs to the sample t+1 predicted at t)
+    speaker [B] --Embedding--> s [B,D]
+    each layer l (dilation d):  a = CausalConv_d(x) + c' V_l + s U_l          [B,T,G]
+                                z = tanh(a[..., :H]) * sigmoid(a[..., H:])    [B,T,H]
+                                x = x + z W_l + b_l   (not in the last layer)  [B,T,R]
+    skip = concat(z_1..z_L) W_skip + b   (= the sum of per-layer 1x1 skip convolutions)   [B,T,S]
+    logits = relu(relu(skip) W_1 + b_1) W_2 + b_2                                         [B,T,classes]
+
+logits[:, t] predict sample t+1 from samples <= t. The model is plain Keras (no Lambda layers); it is saved as
+``config.json`` + weights and rebuilt from the config, so loading never executes code from a file.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from training.config import Config, receptive_field
+
+__all__ = ["WaveNet", "build_model", "receptive_field", "model_inputs"]
+
+
+class Upsampler(layers.Layer):
+    """Log-mel frames -> per-sample conditioning: frame-rate convolutions, then learned upsampling stages.
+
+    Each stage repeats every vector ``s`` times and smooths along time with a learned (2s+1)-tap filter shared
+    by all channels (initialised to a box filter, so training starts from nearest-neighbour upsampling).
+    """
+
+    def __init__(self, cond_channels: int, cond_layers: int, upsample_scales: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        self.cond_channels, self.cond_layers = cond_channels, cond_layers
+        self.upsample_scales = tuple(upsample_scales)
+        # Kernel 3 at frame rate: one frame of lookahead (recorded in the exported manifest).
+        self.convs = [layers.Conv1D(cond_channels, 3, padding="same", activation="tanh", name=f"frame_conv_{i}")
+                      for i in range(cond_layers)]
+        self.kernels = []
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        for conv in self.convs:
+            conv.build((None, None, channels))
+            channels = self.cond_channels
+        self.kernels = [self.add_weight(shape=(2 * s + 1,), initializer=keras.initializers.Constant(1 / (2 * s + 1)),
+                                        name=f"smooth_{i}") for i, s in enumerate(self.upsample_scales)]
+        self.out_channels = channels
+
+    def call(self, mel):
+        x = mel  # [B, F, n_mels]
+        for conv in self.convs:
+            x = conv(x)  # [B, F, C]
+        for s, kernel in zip(self.upsample_scales, self.kernels):
+            x = ops.repeat(x, s, axis=1)  # [B, F * s, C]
+            depthwise = ops.tile(ops.cast(kernel, x.dtype)[:, None, None], (1, x.shape[-1], 1))
+            x = ops.depthwise_conv(x, depthwise, padding="same")
+        return x  # [B, F * hop, C]
+
+    def get_config(self):
+        return {**super().get_config(), "cond_channels": self.cond_channels, "cond_layers": self.cond_layers,
+                "upsample_scales": list(self.upsample_scales)}
+
+
+class ResidualLayer(layers.Layer):
+    """One gated residual layer: causal dilated convolution, conditioning, tanh*sigmoid gate, residual 1x1."""
+
+    def __init__(self, dilation: int, kernel_size: int, residual_channels: int, gate_channels: int,
+                 cond_channels: int = 0, speaker_dim: int = 0, last: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.dilation, self.kernel_size, self.last = dilation, kernel_size, last
+        self.residual_channels, self.gate_channels = residual_channels, gate_channels
+        self.cond_channels, self.speaker_dim = cond_channels, speaker_dim
+        self.conv = layers.Conv1D(gate_channels, kernel_size, dilation_rate=dilation, padding="causal", name="conv")
+        self.cond = layers.Dense(gate_channels, use_bias=False, name="cond") if cond_channels else None
+        self.speaker = layers.Dense(gate_channels, use_bias=False, name="speaker") if speaker_dim else None
+        # The last layer's residual output would feed nothing.
+        self.res = None if last else layers.Dense(residual_channels, name="res")
+
+    def build(self, input_shape):
+        self.conv.build((None, None, self.residual_channels))
+        if self.cond is not None:
+            self.cond.build((None, None, self.cond_channels))
+        if self.speaker is not None:
+            self.speaker.build((None, self.speaker_dim))
+        if self.res is not None:
+            self.res.build((None, None, self.gate_channels // 2))
+
+    def call(self, x, cond=None, speaker=None):
+        a = self.conv(x)  # [B, T, G]
+        if self.cond is not None:
+            a = a + self.cond(cond)  # [B, T, G]
+        if self.speaker is not None:
+            a = a + self.speaker(speaker)[:, None, :]  # [B, 1, G] gate biases
+        f, g = ops.split(a, 2, axis=-1)
+        z = ops.tanh(f) * ops.sigmoid(g)  # [B, T, H]
+        x_next = x if self.res is None else x + self.res(z)
+        return x_next, z
+
+    def get_config(self):
+        return {**super().get_config(), "dilation": self.dilation, "kernel_size": self.kernel_size,
+                "residual_channels": self.residual_channels, "gate_channels": self.gate_channels,
+                "cond_channels": self.cond_channels, "speaker_dim": self.speaker_dim, "last": self.last}
+
+
+class WaveNet(keras.Model):
+    """The full-sequence (teacher-forced) WaveNet; ``call`` takes the dict of :func:`model_inputs`."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        if config.use_speaker and not config.speakers:
+            raise ValueError("speaker_dim > 0 but config.speakers is empty (train fills it from the data)")
+        self.config = config
+        cond = config.cond_channels if config.use_mel else 0
+        if config.use_mel and config.cond_layers == 0:
+            cond = config.n_mels
+        self.embed = layers.Embedding(config.mu_classes, config.residual_channels, name="sample_embedding")
+        self.upsampler = (Upsampler(config.cond_channels, config.cond_layers, config.upsample_scales,
+                                    name="upsampler") if config.use_mel else None)
+        self.speaker_embed = (layers.Embedding(len(config.speakers), config.speaker_dim, name="speaker_embedding")
+                              if config.use_speaker else None)
+        n = config.n_layers
+        self.blocks = [ResidualLayer(d, config.kernel_size, config.residual_channels, config.gate_channels, cond,
+                                     config.speaker_dim, last=(i == n - 1), name=f"layer_{i}")
+                       for i, d in enumerate(config.dilations)]
+        self.skip = layers.Dense(config.skip_channels, name="skip")
+        self.head1 = layers.Dense(config.head_channels, name="head_1")
+        self.head2 = layers.Dense(config.mu_classes, name="head_2", dtype="float32")
+
+    def conditioning(self, mel):
+        """Per-sample conditioning c' [B, T, C], shifted so that c'[t] belongs to sample t+1."""
+        c = self.upsampler(mel)  # [B, T, C]
+        # The prediction made at t is for sample t+1: drop c[0], pad the end (the last logit is never scored).
+        return ops.pad(c[:, 1:], [[0, 0], [0, 1], [0, 0]])
+
+    def call(self, inputs, training=False):
+        x = self.embed(inputs["audio"])  # [B, T, R]
+        c = self.conditioning(inputs["mel"]) if self.upsampler is not None else None
+        s = self.speaker_embed(inputs["speaker"]) if self.speaker_embed is not None else None  # [B, D]
+        zs = []
+        for block in self.blocks:
+            x, z = block(x, c, s)
+            zs.append(z)
+        skip = self.skip(ops.concatenate(zs, axis=-1))  # [B, T, S]
+        h = self.head1(ops.relu(skip))  # [B, T, head]
+        return ops.cast(self.head2(ops.relu(h)), "float32")  # [B, T, classes]
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(Config.from_dict(config["config"]), name=config.get("name"))
+
+
+def model_inputs(config: Config, batch: int, samples: int) -> dict:
+    """Zero-filled inputs of the right shapes and dtypes (used to build the model's weights)."""
+    import numpy as np
+
+    inputs = {"audio": np.zeros((batch, samples), np.int32)}
+    if config.use_mel:
+        inputs["mel"] = np.zeros((batch, samples // config.hop_length, config.n_mels), np.float32)
+    if config.use_speaker:
+        inputs["speaker"] = np.zeros((batch,), np.int32)
+    return inputs
+
+
+def build_model(config: Config) -> WaveNet:
+    """Builds a WaveNet for ``config`` with its weights created (random init, seeded by ``config.seed``)."""
+    keras.utils.set_random_seed(config.seed)
+    model = WaveNet(config, name="wavenet")
+    model(model_inputs(config, 1, config.frame_length * 2))
+    return model
