@@ -13,14 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.audio import front_end_params, log_mel, mu_law_encode
+from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
-
-AUDIO_SUFFIXES = (".wav", ".flac")
-
-
-class DataError(ValueError):
-    """The data folder or one of its files cannot be used (the message names it)."""
-
 
 @dataclass(frozen=True)
 class Utterance:
@@ -49,28 +43,6 @@ class Corpus:
     speakers: tuple[str, ...]
 
 
-def find_audio_files(root: str | os.PathLike) -> list[Path]:
-    """All WAV/FLAC files under ``root``, recursively, sorted by relative path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    if not files:
-        raise DataError(f"no .wav or .flac files under {root}")
-    return files
-
-
-def speaker_of(path: Path, root: Path, speaker_regex: str | None) -> str:
-    """Speaker label: the regex's ``speaker`` group on the file name, else the parent folder's name."""
-    if speaker_regex:
-        m = re.search(speaker_regex, path.name)
-        if not m:
-            raise DataError(f"--speaker-regex {speaker_regex!r} does not match file {path.name}")
-        return m.group("speaker")
-    parent = path.parent
-    return parent.name if parent != root else "default"
-
-
 def is_validation(relative: str, val_regex: str | None, val_fraction: float) -> bool:
     """Reproducible split: by regex on the file name, else by a hash of the relative path."""
     if val_regex:
@@ -97,21 +69,6 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     if not np.all(np.isfinite(audio)):
         raise DataError(f"audio file {path} contains NaN or infinite samples")
     return np.clip(audio, -1.0, 1.0)
-
-
-def trim_silence(audio: np.ndarray, sample_rate: int, top_db: float) -> np.ndarray:
-    """Drops leading/trailing 25 ms frames whose RMS is more than ``top_db`` below the loudest frame."""
-    if top_db <= 0 or audio.shape[0] == 0:
-        return audio
-    frame = max(1, int(0.025 * sample_rate))
-    hop = max(1, frame // 4)
-    n = 1 + max(0, audio.shape[0] - frame) // hop
-    idx = np.arange(n)[:, None] * hop + np.arange(frame)[None, :]
-    rms = np.sqrt(np.mean(np.pad(audio, (0, frame))[idx] ** 2, axis=1))
-    loud = np.nonzero(20 * np.log10(np.maximum(rms, 1e-10) / max(rms.max(), 1e-10)) > -top_db)[0]
-    if loud.size == 0:
-        return audio[:0]
-    return audio[loud[0] * hop: min(audio.shape[0], loud[-1] * hop + frame)]
 
 
 def prepare(audio: np.ndarray, config: Config, name: str, speaker: int, left_pad: int = 0) -> Utterance:

@@ -17,6 +17,8 @@ logits[:, t] predict sample t+1 from samples <= t. The model is plain Keras (no 
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers, ops
 
@@ -25,19 +27,28 @@ from training.config import Config, receptive_field
 __all__ = ["WaveNet", "build_model", "receptive_field", "model_inputs"]
 
 
+def conditioning_context(config: Config) -> int:
+    """Mel frames of context each side that the upsampling network needs (its lookahead, in frames)."""
+    return config.cond_layers + math.ceil(sum(s / math.prod(config.upsample_scales[:i + 1])
+                                              for i, s in enumerate(config.upsample_scales)))
+
+
 class Upsampler(layers.Layer):
     """Log-mel frames -> per-sample conditioning: frame-rate convolutions, then learned upsampling stages.
 
     Each stage repeats every vector ``s`` times and smooths along time with a learned (2s+1)-tap filter shared
     by all channels (initialised to a box filter, so training starts from nearest-neighbour upsampling).
+    Every operation is 'valid' (no padding inside): the mel is padded once with ``context`` frames of silence
+    (``log(log_floor)``) on each side, so any chunk computed with that much context is bit-for-bit a slice of
+    the whole -- what the streaming conditioner graph relies on.
     """
 
-    def __init__(self, cond_channels: int, cond_layers: int, upsample_scales: tuple[int, ...], **kwargs):
+    def __init__(self, cond_channels: int, cond_layers: int, upsample_scales: tuple[int, ...], context: int,
+                 pad_value: float, **kwargs):
         super().__init__(**kwargs)
-        self.cond_channels, self.cond_layers = cond_channels, cond_layers
-        self.upsample_scales = tuple(upsample_scales)
-        # Kernel 3 at frame rate: one frame of lookahead (recorded in the exported manifest).
-        self.convs = [layers.Conv1D(cond_channels, 3, padding="same", activation="tanh", name=f"frame_conv_{i}")
+        self.cond_channels, self.cond_layers, self.context = cond_channels, cond_layers, context
+        self.upsample_scales, self.pad_value = tuple(upsample_scales), pad_value
+        self.convs = [layers.Conv1D(cond_channels, 3, padding="valid", activation="tanh", name=f"frame_conv_{i}")
                       for i in range(cond_layers)]
         self.kernels = []
 
@@ -48,21 +59,33 @@ class Upsampler(layers.Layer):
             channels = self.cond_channels
         self.kernels = [self.add_weight(shape=(2 * s + 1,), initializer=keras.initializers.Constant(1 / (2 * s + 1)),
                                         name=f"smooth_{i}") for i, s in enumerate(self.upsample_scales)]
-        self.out_channels = channels
+
+    def crop(self) -> int:
+        """Samples to drop on each side of the 'valid' output of a window padded by ``context`` frames."""
+        first = -self.context + self.cond_layers  # frame index of the first output, relative to the window's centre
+        for s in self.upsample_scales:
+            first = first * s + s
+        return -first
+
+    def valid(self, window):
+        """Conditioning of the centre of a window: [B, n + 2*context, n_mels] -> [B, n * hop, C]."""
+        x = window
+        for conv in self.convs:
+            x = conv(x)  # [B, frames - 2, C]
+        for s, kernel in zip(self.upsample_scales, self.kernels):
+            x = ops.repeat(x, s, axis=1)  # [B, samples * s, C]
+            depthwise = ops.tile(ops.cast(kernel, x.dtype)[:, None, None], (1, x.shape[-1], 1))
+            x = ops.depthwise_conv(x, depthwise, padding="valid")  # [B, samples * s - 2s, C]
+        c = self.crop()
+        return x[:, c:ops.shape(x)[1] - c]
 
     def call(self, mel):
-        x = mel  # [B, F, n_mels]
-        for conv in self.convs:
-            x = conv(x)  # [B, F, C]
-        for s, kernel in zip(self.upsample_scales, self.kernels):
-            x = ops.repeat(x, s, axis=1)  # [B, F * s, C]
-            depthwise = ops.tile(ops.cast(kernel, x.dtype)[:, None, None], (1, x.shape[-1], 1))
-            x = ops.depthwise_conv(x, depthwise, padding="same")
-        return x  # [B, F * hop, C]
+        padded = ops.pad(mel, [[0, 0], [self.context, self.context], [0, 0]], constant_values=self.pad_value)
+        return self.valid(padded)  # [B, F * hop, C]
 
     def get_config(self):
         return {**super().get_config(), "cond_channels": self.cond_channels, "cond_layers": self.cond_layers,
-                "upsample_scales": list(self.upsample_scales)}
+                "upsample_scales": list(self.upsample_scales), "context": self.context, "pad_value": self.pad_value}
 
 
 class ResidualLayer(layers.Layer):
@@ -119,7 +142,8 @@ class WaveNet(keras.Model):
             cond = config.n_mels
         self.embed = layers.Embedding(config.mu_classes, config.residual_channels, name="sample_embedding")
         self.upsampler = (Upsampler(config.cond_channels, config.cond_layers, config.upsample_scales,
-                                    name="upsampler") if config.use_mel else None)
+                                    conditioning_context(config), math.log(config.log_floor), name="upsampler")
+                          if config.use_mel else None)
         self.speaker_embed = (layers.Embedding(len(config.speakers), config.speaker_dim, name="speaker_embedding")
                               if config.use_speaker else None)
         n = config.n_layers
@@ -136,14 +160,20 @@ class WaveNet(keras.Model):
         # The prediction made at t is for sample t+1: drop c[0], pad the end (the last logit is never scored).
         return ops.pad(c[:, 1:], [[0, 0], [0, 1], [0, 0]])
 
-    def call(self, inputs, training=False):
+    def trunk(self, inputs):
+        """The residual stack: (gate outputs z_l [B, T, H], layer inputs x_l [B, T, R], conditioning c')."""
         x = self.embed(inputs["audio"])  # [B, T, R]
         c = self.conditioning(inputs["mel"]) if self.upsampler is not None else None
         s = self.speaker_embed(inputs["speaker"]) if self.speaker_embed is not None else None  # [B, D]
-        zs = []
+        zs, xs = [], []
         for block in self.blocks:
+            xs.append(x)
             x, z = block(x, c, s)
             zs.append(z)
+        return zs, xs, c
+
+    def call(self, inputs, training=False):
+        zs, _, _ = self.trunk(inputs)
         skip = self.skip(ops.concatenate(zs, axis=-1))  # [B, T, S]
         h = self.head1(ops.relu(skip))  # [B, T, head]
         return ops.cast(self.head2(ops.relu(h)), "float32")  # [B, T, classes]
@@ -174,3 +204,166 @@ def build_model(config: Config) -> WaveNet:
     model = WaveNet(config, name="wavenet")
     model(model_inputs(config, 1, config.frame_length * 2))
     return model
+
+
+# ----------------------------------------------------------------------------------------- the single-step form
+# One autoregressive step with external state (the fast generation algorithm): every layer l keeps its inputs
+# from the last (k-1) * d_l steps outside the graph; a step reads the k-1 taps it needs and returns the layer's
+# current input to be stored. Each layer's conv taps and conditioning projection are fused into one matrix, so
+# a layer costs one FULLY_CONNECTED:  a_l = concat(taps_l, x_l, c) @ W_l + b_l + speaker_bias_l.
+
+def state_layout(config: Config) -> list[tuple[int, int]]:
+    """(layer, delay) of every row of the step's ``state`` input, in order.
+
+    Layer l's rows are its inputs from (k-1)*d, ..., 2d, d steps ago (the order of the kernel's taps).
+    """
+    k = config.kernel_size
+    return [(layer, (k - 1 - j) * d) for layer, d in enumerate(config.dilations) for j in range(k - 1)]
+
+
+def step_weights(model: WaveNet) -> dict:
+    """Fused float32 numpy weights of the single-step form (see the comment above)."""
+    import numpy as np
+
+    cfg = model.config
+    layers_ = []
+    for block in model.blocks:
+        kernel = block.conv.kernel.numpy()  # [k, R, G]: tap j multiplies x[t - (k-1-j) d]
+        parts = [kernel[j] for j in range(cfg.kernel_size)]
+        if block.cond is not None:
+            parts.append(block.cond.kernel.numpy())  # [C, G]
+        layers_.append({"w": np.concatenate(parts, axis=0), "b": block.conv.bias.numpy(),
+                        "res_w": None if block.res is None else block.res.kernel.numpy(),
+                        "res_b": None if block.res is None else block.res.bias.numpy()})
+    speaker_bias = None
+    if model.speaker_embed is not None:
+        emb = model.speaker_embed.embeddings.numpy()  # [speakers, D]
+        speaker_bias = np.stack([emb @ b.speaker.kernel.numpy() for b in model.blocks], axis=1)  # [speakers, L, G]
+    return {"layers": layers_, "skip_w": model.skip.kernel.numpy(), "skip_b": model.skip.bias.numpy(),
+            "head1_w": model.head1.kernel.numpy(), "head1_b": model.head1.bias.numpy(),
+            "head2_w": model.head2.kernel.numpy(), "head2_b": model.head2.bias.numpy(),
+            "embedding": model.embed.embeddings.numpy(), "speaker_bias": speaker_bias}
+
+
+def step_input_specs(config: Config, batch: int) -> dict:
+    """Names and shapes of the step graph's inputs (the exported signature)."""
+    import tensorflow as tf
+
+    specs = {"sample_embedding": tf.TensorSpec([batch, config.residual_channels], tf.float32, "sample_embedding")}
+    if config.use_mel:
+        specs["cond"] = tf.TensorSpec([batch, config.cond_channels], tf.float32, "cond")
+    if config.use_speaker:
+        specs["speaker_bias"] = tf.TensorSpec([config.n_layers, batch, config.gate_channels], tf.float32,
+                                              "speaker_bias")
+    specs["state"] = tf.TensorSpec([len(state_layout(config)), batch, config.residual_channels], tf.float32, "state")
+    return specs
+
+
+def make_step_function(config: Config, weights: dict, batch: int, separate_cond: bool = False):
+    """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [L, B, R]}`` over fixed weights.
+
+    Inputs (see :func:`step_input_specs`): the current sample's embedding row [B, R], its conditioning c[t+1]
+    [B, C], the speaker's per-layer gate biases [L, B, G], and the state rows of :func:`state_layout` [n, B, R].
+    ``separate_cond`` projects the conditioning with its own FULLY_CONNECTED instead of concatenating it with the
+    layer inputs: in full-integer graphs a concatenation puts all its inputs on one scale, which would quantize
+    the (small) conditioning on the (large) residual stream's scale.
+    """
+    import tensorflow as tf
+
+    k, r = config.kernel_size, config.residual_channels
+    const = lambda a: tf.constant(a, tf.float32)  # noqa: E731
+    layer_w = [(const(lw["w"]), const(lw["b"]), None if lw["res_w"] is None else (const(lw["res_w"]), const(lw["res_b"])))
+               for lw in weights["layers"]]
+    skip_w, skip_b = const(weights["skip_w"]), const(weights["skip_b"])
+    head = [(const(weights["head1_w"]), const(weights["head1_b"])), (const(weights["head2_w"]), const(weights["head2_b"]))]
+    specs = step_input_specs(config, batch)
+
+    def step(**inputs):
+        x = inputs["sample_embedding"]  # [B, R]
+        taps = tf.split(inputs["state"], len(state_layout(config)), axis=0)  # n x [1, B, R]
+        biases = tf.split(inputs["speaker_bias"], config.n_layers, axis=0) if "speaker_bias" in inputs else None
+        new_state, zs = [], []
+        for l, (w, b, res) in enumerate(layer_w):
+            new_state.append(x)
+            parts = [tf.reshape(t, [batch, -1]) for t in taps[l * (k - 1):(l + 1) * (k - 1)]] + [x]
+            if "cond" in inputs and separate_cond:
+                a = tf.matmul(tf.concat(parts, axis=-1), w[:k * r]) + b + tf.matmul(inputs["cond"], w[k * r:])
+            else:
+                if "cond" in inputs:
+                    parts.append(inputs["cond"])
+                a = tf.matmul(tf.concat(parts, axis=-1), w) + b  # [B, G]
+            if biases is not None:
+                a = a + tf.reshape(biases[l], [batch, -1])
+            f, g = tf.split(a, 2, axis=-1)
+            z = tf.tanh(f) * tf.sigmoid(g)  # [B, H]
+            zs.append(z)
+            if res is not None:
+                x = x + (tf.matmul(z, res[0]) + res[1])  # bias inside: it fuses into the FULLY_CONNECTED
+        skip = tf.matmul(tf.concat(zs, axis=-1), skip_w) + skip_b  # [B, S]
+        hidden = tf.nn.relu(tf.matmul(tf.nn.relu(skip), head[0][0]) + head[0][1])
+        logits = tf.matmul(hidden, head[1][0]) + head[1][1]  # [B, classes]
+        return {"logits": logits, "new_state": tf.stack(new_state, axis=0)}  # new_state [L, B, R]
+
+    return tf.function(step, input_signature=None).get_concrete_function(**specs)
+
+
+def make_conditioner_function(model: WaveNet, batch: int, frames: int):
+    """A tf.function ``conditioner(mel=[B, frames + 2P, n_mels]) -> {"cond": [B, frames * hop, C]}``.
+
+    P = :func:`conditioning_context` frames each side; the output is c[t] of the window's centre frames. The
+    weights are baked in as constants (:meth:`Upsampler.valid` with plain TF ops), so the graph holds no variables.
+    """
+    import tensorflow as tf
+
+    cfg, up = model.config, model.upsampler
+    convs = [(tf.constant(c.kernel.numpy()), tf.constant(c.bias.numpy())) for c in up.convs]  # [3, Cin, Cout]
+    smooth = [tf.constant(k.numpy()) for k in up.kernels]
+    crop = up.crop()
+    spec = tf.TensorSpec([batch, frames + 2 * up.context, cfg.n_mels], tf.float32, "mel")
+
+    def conditioner(mel):
+        x = mel
+        for kernel, bias in convs:
+            x = tf.tanh(tf.nn.conv1d(x, kernel, stride=1, padding="VALID") + bias)  # [B, F - 2, C]
+        for s, w in zip(cfg.upsample_scales, smooth):
+            n, channels = x.shape[1], x.shape[2]
+            x = tf.reshape(tf.tile(x[:, :, None, :], [1, 1, s, 1]), [batch, n * s, channels])  # repeat s times
+            length = n * s - 2 * s
+            x = tf.add_n([w[k] * x[:, k:k + length] for k in range(2 * s + 1)])  # valid (2s+1)-tap filter
+        return {"cond": x[:, crop:x.shape[1] - crop]}
+
+    return tf.function(conditioner).get_concrete_function(mel=spec)
+
+
+def step_loop_logits(model: WaveNet, inputs: dict) -> "np.ndarray":
+    """Teacher-forced logits [T, classes] of one utterance computed step by step (tests the step form).
+
+    Keeps the whole history of every layer's input instead of a ring buffer: an independent check of the
+    state bookkeeping the edge runtime does with ring buffers.
+    """
+    import numpy as np
+
+    cfg = model.config
+    weights = step_weights(model)
+    step = make_step_function(cfg, weights, batch=1)
+    audio = inputs["audio"][0]
+    T = audio.shape[0]
+    cond = None
+    if cfg.use_mel:
+        c = model.upsampler(inputs["mel"]).numpy()[0]  # [T, C]
+        cond = np.concatenate([c[1:], np.zeros_like(c[:1])])  # the prediction at t uses c[t+1]
+    layout = state_layout(cfg)
+    history = np.zeros((T, cfg.n_layers, cfg.residual_channels), np.float32)
+    out = np.zeros((T, cfg.mu_classes), np.float32)
+    for t in range(T):
+        feed = {"sample_embedding": weights["embedding"][audio[t]][None],
+                "state": np.stack([history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32)
+                                   for l, d in layout])[:, None]}
+        if cond is not None:
+            feed["cond"] = cond[t][None]
+        if cfg.use_speaker:
+            feed["speaker_bias"] = weights["speaker_bias"][inputs["speaker"][0]][:, None]
+        result = step(**feed)
+        history[t] = result["new_state"].numpy()[:, 0]
+        out[t] = result["logits"].numpy()[0]
+    return out

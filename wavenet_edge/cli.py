@@ -7,67 +7,12 @@ Expected bad input (a missing folder, a corrupt file, an unknown config key...) 
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 
 import click
 
-EXIT_BAD_INPUT = 2
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, from the modules already imported (never importing TensorFlow)."""
-    errors: list[type[BaseException]] = [OSError]
-    for module, name in [("training.config", "ConfigError"), ("training.data", "DataError"),
-                         ("training.checkpoint", "CheckpointError")]:
-        mod = sys.modules.get(module)
-        if mod is not None:
-            errors.append(getattr(mod, name))
-    return tuple(errors)
-
-
-def clean_errors(fn):
-    """Turns expected errors into ``error: message`` and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except click.exceptions.ClickException:
-            raise
-        except _expected_errors() as e:
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            click.echo(f"error: {message}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-
-    return wrapper
-
-
-def require_tensorflow() -> None:
-    """Imports TensorFlow, or exits 2 naming the extra to install.
-
-    TensorFlow's C++ libraries print start-up banners to file descriptor 2 while they load, whatever
-    ``TF_CPP_MIN_LOG_LEVEL`` says; they are dropped so that errors stay one line. Later messages pass.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        missing = True
-    else:
-        missing = False
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    if missing:
-        click.echo("error: this command needs TensorFlow: pip install 'wavenet-edge[train]'", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+from wavenet_edge.common import clean_errors, require_tensorflow
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -106,30 +51,73 @@ def train(preset, data_dir, run_dir, steps, overrides, speaker_regex, val_regex,
 
 
 @main.command(name="eval")
-@click.argument("run_dir", type=click.Path())
-@click.option("--data", "data_dir", required=True, type=click.Path(), help="Folder of WAV/FLAC files to score.")
-@click.option("--checkpoint", default="best", help="best, last, or a checkpoint folder.")
+@click.argument("folder", type=click.Path())
+@click.option("--data", "data_dir", required=True, type=click.Path(), help="Folder of recordings to score.")
+@click.option("--checkpoint", default="best", help="Run folders: best, last, or a checkpoint folder.")
 @click.option("--speaker-regex", default=None, help="Default: the one the run was trained with.")
+@click.option("--device", default="cpu", help="Model folders: cpu or edgetpu[:usb|:pci][:N].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def evaluate(run_dir, data_dir, checkpoint, speaker_regex, as_json):
-    """Teacher-forced NLL (bits/sample) of a trained run over every file of a folder."""
-    require_tensorflow()
-    from training.checkpoint import load_model, read_run_info
-    from training.data import load_utterances, unigram_entropy_bits
-    from training.evaluate import NLLScorer
+def evaluate(folder, data_dir, checkpoint, speaker_regex, device, as_json):
+    """Teacher-forced NLL (bits/sample) over every file of a folder, for a run (TF) or an exported model (TFLite)."""
+    from pathlib import Path
 
-    model, config, ckpt = load_model(run_dir, checkpoint)
-    regex = speaker_regex or read_run_info(run_dir).get("data", {}).get("speaker_regex")
-    utterances = load_utterances(data_dir, config, regex)
-    nll, count = NLLScorer(model, config)(utterances)
-    result = {"nll_bits_per_sample": nll, "samples": count, "files": len(utterances),
-              "unigram_entropy_bits": unigram_entropy_bits(utterances, config.mu_classes), "checkpoint": str(ckpt)}
+    if (Path(folder) / "manifest.json").exists():
+        from edge_runtime.evaluate import evaluate_folder
+        from edge_runtime.synth import Synthesizer
+
+        synth = Synthesizer.load(folder, device=device)
+        regex = speaker_regex or synth.manifest.data.get("data", {}).get("speaker_regex")
+        result = {**evaluate_folder(synth, data_dir, regex), "model": str(folder)}
+    else:
+        require_tensorflow()
+        from training.checkpoint import load_model, read_run_info
+        from training.data import load_utterances, unigram_entropy_bits
+        from training.evaluate import NLLScorer
+
+        model, config, ckpt = load_model(folder, checkpoint)
+        regex = speaker_regex or read_run_info(folder).get("data", {}).get("speaker_regex")
+        utterances = load_utterances(data_dir, config, regex)
+        nll, count = NLLScorer(model, config)(utterances)
+        result = {"nll_bits_per_sample": nll, "samples": count, "files": len(utterances),
+                  "unigram_entropy_bits": unigram_entropy_bits(utterances, config.mu_classes), "checkpoint": str(ckpt)}
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"NLL {nll:.4f} bits/sample over {count} samples in {len(utterances)} files "
-                   f"(µ-law unigram entropy {result['unigram_entropy_bits']:.4f}); checkpoint {ckpt}")
+        extra = (f" (µ-law unigram entropy {result['unigram_entropy_bits']:.4f})"
+                 if "unigram_entropy_bits" in result else "")
+        click.echo(f"NLL {result['nll_bits_per_sample']:.4f} bits/sample over {result['samples']} samples in "
+                   f"{result['files']} files{extra}")
+
+
+@main.command(name="export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Model folder to create.")
+@click.option("--quantize", default="dynamic", type=click.Choice(["float32", "float16", "dynamic", "int8", "all"]),
+              help="Quantization variant ('all': one sub-folder each).")
+@click.option("--batch", default=1, type=int, help="Independent streams per step.")
+@click.option("--checkpoint", default="best", help="best, last, or a checkpoint folder.")
+@click.option("--calibration-data", default=None, type=click.Path(), help="Validation recordings (default: the run's split).")
+@click.option("--chunk-frames", default=4, type=int, help="Mel frames per conditioner call.")
+@click.option("--eval-samples", default=200_000, type=int, help="Samples scored per variant for the report.")
+@click.option("--force", is_flag=True, help="Replace an existing model folder.")
+@clean_errors
+def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_data, chunk_frames, eval_samples, force):
+    """Export a run's checkpoint to TFLite step/conditioner graphs with a manifest and a quality report."""
+    require_tensorflow()
+    from convert.export import export, format_report
+
+    report = export(run_dir, out_dir, quantize, batch=batch, checkpoint=checkpoint, calibration_data=calibration_data,
+                    force=force, chunk_frames=chunk_frames, eval_samples=eval_samples,
+                    log=lambda m: click.echo(m, err=True))
+    click.echo(format_report(report))
+    click.echo(f"wrote {out_dir}")
+
+
+from wavenet_edge.synth_cli import info, synth  # noqa: E402  (edge commands: numpy + LiteRT only)
+
+main.add_command(synth)
+main.add_command(info)
 
 
 if __name__ == "__main__":

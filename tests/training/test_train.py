@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_clean_error, run_cli
+from tests.helpers import REPO, assert_clean_error, run_cli
 from training import checkpoint as ckpt_io
 from training.config import Config
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, assert_clean_error, run_cli
+from tests.helpers import REPO, assert_clean_error, run_cli
 
 
 @pytest.fixture()

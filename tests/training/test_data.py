@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import assert_clean_error, run_cli, voice, write_wav
+from tests.helpers import assert_clean_error, run_cli, voice, write_wav
 from edge_runtime.audio import log_mel, front_end_params, mu_law_encode
 from training.config import receptive_field
 from training.data import (DataError, find_audio_files, is_validation, load_corpus, read_audio, segment_dataset,

@@ -1,0 +1,133 @@
+"""Reading and checking an edge model folder's ``manifest.json`` (the only contract with ``convert``).
+
+Nothing in a model folder is executed: the manifest is JSON, tables are base64 little-endian arrays, and the
+graphs are TFLite flatbuffers run by the interpreter.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import ModelError
+
+FORMAT = "wavenet-edge"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_DTYPES = {"float32": np.float32, "int8": np.int8, "int32": np.int32}
+
+
+def encode_array(a: np.ndarray) -> dict:
+    """A numpy array as a JSON object (exact: raw little-endian bytes in base64)."""
+    a = np.ascontiguousarray(a)
+    name = {np.dtype(v): k for k, v in _DTYPES.items()}[a.dtype]
+    return {"dtype": name, "shape": list(a.shape), "base64": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode()}
+
+
+def decode_array(obj: dict, what: str) -> np.ndarray:
+    """Inverse of :func:`encode_array`, checking dtype, shape and size."""
+    try:
+        dtype = np.dtype(_DTYPES[obj["dtype"]]).newbyteorder("<")
+        shape = tuple(int(n) for n in obj["shape"])
+        raw = base64.b64decode(obj["base64"], validate=True)
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"manifest table {what} is malformed ({type(e).__name__}: {e})") from None
+    if not np.all(np.isfinite(array)):
+        raise ModelError(f"manifest table {what} contains NaN or infinite values")
+    return array.astype(dtype.newbyteorder("="))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def safe_member(folder: Path, name: str) -> Path:
+    """Resolves a file named by the manifest, refusing anything outside the folder (``..``, absolute, links)."""
+    if (not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name or name.startswith("~")
+            or ".." in Path(name).parts):
+        raise ModelError(f"manifest names a file outside the model folder: {name!r}")
+    path = folder / name
+    try:
+        resolved, root = path.resolve(strict=True), folder.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ModelError(f"model file {name} is missing from {folder}") from None
+    if root not in resolved.parents or path.is_symlink():
+        raise ModelError(f"manifest names a file outside the model folder: {name!r}")
+    return resolved
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: the parsed JSON plus resolved file paths and decoded tables."""
+
+    folder: Path
+    data: dict
+    step_path: Path
+    conditioner_path: Path | None
+    embedding: np.ndarray  # float32 [classes, R]
+    speaker_bias: np.ndarray | None  # float32 [speakers, L, G]
+
+    @property
+    def config(self) -> dict:
+        """The training config (a plain dict: the runtime never imports ``training``)."""
+        return self.data["config"]
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker names, in index order (empty without global conditioning)."""
+        return list(self.config.get("speakers") or [])
+
+
+def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
+    """Reads and checks ``folder/manifest.json``; with ``verify`` every file's sha256 is checked too."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    path = folder / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder} is not a model folder (no {MANIFEST})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a wavenet-edge manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path} has format version {data.get('format_version')!r}; this runtime reads version "
+                         f"{FORMAT_VERSION} (re-export the model or upgrade wavenet-edge)")
+    try:
+        files = data["files"]
+        step_name = data["step"]["file"]
+        cond = data.get("conditioner")
+        config = data["config"]
+        tables = data["tables"]
+        if not isinstance(files, dict) or not isinstance(config, dict):
+            raise TypeError("files and config must be objects")
+    except (KeyError, TypeError) as e:
+        raise ModelError(f"{path} is incomplete: missing or bad {e}") from None
+    for name, digest in files.items():
+        member = safe_member(folder, name)
+        if verify and sha256_file(member) != digest:
+            raise ModelError(f"checksum mismatch for {name}: the file was changed or corrupted after export")
+    for name in [step_name] + ([cond["file"]] if cond else []):
+        if name not in files:
+            raise ModelError(f"{path} names {name!r} without a checksum")
+    embedding = decode_array(tables.get("embedding"), "embedding") if isinstance(tables, dict) else None
+    if embedding is None or embedding.ndim != 2:
+        raise ModelError(f"{path}: embedding table missing or not 2-D")
+    bias = tables.get("speaker_bias")
+    speaker_bias = decode_array(bias, "speaker_bias") if bias else None
+    return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
+                    embedding, speaker_bias)

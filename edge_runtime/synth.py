@@ -1,0 +1,325 @@
+"""Streaming WaveNet synthesis from an exported model folder: numpy ring buffers around a TFLite step graph.
+
+Per generated sample n the step graph gets the previous sample's embedding row, the conditioning c[n] of the
+sample being generated, the speaker's gate biases (set once per utterance) and, for every layer, its inputs
+from d (and 2d for kernel 3) steps ago, gathered from one ring buffer ``hist[ring, L, B, R]``; it returns the
+logits and every layer's current input, stored at ``hist[n % ring]``. Sampling is Gumbel-max with pre-drawn
+noise: ``argmax(logits + T * g)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from edge_runtime.audio import mu_law_decode
+from edge_runtime.errors import InputError, ModelError
+from edge_runtime.interpreter import make_interpreter
+from edge_runtime.manifest import Manifest, load_manifest
+
+SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
+
+
+class Port:
+    """One graph input or output, resolved by signature name, with its quantization read from the model."""
+
+    def __init__(self, detail: dict):
+        self.index, self.dtype = detail["index"], np.dtype(detail["dtype"])
+        self.shape = tuple(int(n) for n in detail["shape"])
+        scale, zero = detail["quantization"]
+        self.quantized = self.dtype == np.int8
+        if self.quantized and scale == 0:
+            raise ModelError(f"int8 tensor {detail.get('name')} has no quantization scale")
+        self.scale, self.zero = float(scale) if self.quantized else 1.0, int(zero) if self.quantized else 0
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Float values -> this port's dtype, C-contiguous (``set_tensor`` reads raw memory, ignoring strides)."""
+        if not self.quantized:
+            return np.ascontiguousarray(x, np.float32)
+        return np.clip(np.round(np.asarray(x, np.float32) / self.scale) + self.zero, -128, 127).astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """This port's values -> float32."""
+        if not self.quantized:
+            return np.asarray(q, np.float32)
+        return (q.astype(np.float32) - self.zero) * self.scale
+
+
+class Graph:
+    """An interpreter with its signature's ports resolved once (the hot loop then uses tensor indices)."""
+
+    def __init__(self, path: Path, device: str, threads: int, expected_inputs: set[str], expected_outputs: set[str]):
+        self.interpreter = make_interpreter(path, device=device, threads=threads)
+        signatures = self.interpreter.get_signature_list()
+        if len(signatures) != 1:
+            raise ModelError(f"{path.name} must hold exactly one signature, found {sorted(signatures)}")
+        runner = self.interpreter.get_signature_runner(next(iter(signatures)))
+        self.inputs = {k: Port(v) for k, v in runner.get_input_details().items()}
+        self.outputs = {k: Port(v) for k, v in runner.get_output_details().items()}
+        if set(self.inputs) != expected_inputs or set(self.outputs) != expected_outputs:
+            raise ModelError(f"{path.name} has inputs {sorted(self.inputs)} and outputs {sorted(self.outputs)}; "
+                             f"the manifest expects {sorted(expected_inputs)} -> {sorted(expected_outputs)}")
+
+
+class Synthesizer:
+    """Streams audio from an edge model folder. Create with :meth:`load`."""
+
+    def __init__(self, manifest: Manifest, device: str = "cpu", threads: int = 1):
+        self.manifest = manifest
+        cfg = self.config = manifest.config
+        self.sample_rate, self.classes = int(cfg["sample_rate"]), int(cfg["mu_classes"])
+        self.use_mel, self.use_speaker = cfg["n_mels"] > 0, cfg["speaker_dim"] > 0
+        step = manifest.data["step"]
+        self.batch = int(manifest.data["batch"])
+        wanted = {"sample_embedding", "state"} | ({"cond"} if self.use_mel else set()) | (
+            {"speaker_bias"} if self.use_speaker else set())
+        self.step = Graph(manifest.step_path, device, threads, wanted, {"logits", "new_state"})
+        ins, outs = self.step.inputs, self.step.outputs
+        layout = np.asarray(manifest.data["state"]["rows"], np.int64).reshape(-1, 2)  # (layer, delay) per row
+        n_layers, channels = len(cfg_dilations(cfg)), int(cfg["residual_channels"])
+        if ins["state"].shape != (layout.shape[0], self.batch, channels) or outs["new_state"].shape != (
+                n_layers, self.batch, channels) or ins["sample_embedding"].shape != (self.batch, channels):
+            raise ModelError(f"{manifest.step_path.name}: tensor shapes do not match the manifest's state layout")
+        # Ring buffer in the state input's own domain (int8 models store int8); rows gathered by a table of
+        # ring positions: rows_at[p] = (p - delay) % ring for every state row.
+        ring = 1 << int(layout[:, 1].max()).bit_length()
+        self._ring, self._layers = ring, layout[:, 0]
+        self._rows_at = (np.arange(ring)[:, None] - layout[None, :, 1]) % ring
+        self._hist = np.empty((ring, n_layers, self.batch, channels), ins["state"].dtype)
+        # new_state comes out on another int8 scale than state goes in: a 256-entry requantization table.
+        self._requant = None
+        if ins["state"].quantized:
+            codes = np.arange(-128, 128, dtype=np.int16).astype(np.int8)
+            self._requant = ins["state"].quantize(outs["new_state"].dequantize(codes))
+        self._embedding = ins["sample_embedding"].quantize(manifest.embedding)  # [classes, R] in the input's domain
+        self._decode = mu_law_decode(np.arange(self.classes), self.classes)
+        self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
+        self.reset()
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike | None = None, device: str = "cpu", threads: int = 1) -> "Synthesizer":
+        """Loads (and checksums) a model folder; ``None`` means the model shipped with the package."""
+        if model_dir is None:
+            model_dir = default_model_dir()
+        return cls(load_manifest(model_dir), device=device, threads=threads)
+
+    # ---------------------------------------------------------------------------------------------- state
+    def speaker_index(self, speaker: int | str | None) -> int:
+        """A speaker name or index -> index (``None`` -> 0); unknown speakers are an InputError."""
+        names = self.manifest.speakers
+        if not self.use_speaker:
+            if speaker not in (None, 0, "0"):
+                raise InputError("this model has no speakers (it was trained without global conditioning)")
+            return 0
+        if speaker is None:
+            return 0
+        if isinstance(speaker, str) and speaker in names:
+            return names.index(speaker)
+        try:
+            index = int(speaker)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < len(names):
+            raise InputError(f"unknown speaker {speaker!r}; this model has {', '.join(names)} (or 0..{len(names) - 1})")
+        return index
+
+    def reset(self, speaker: int | str | None | list = None) -> None:
+        """Clears the history (silence before the first sample) and sets the speaker(s) for the next utterance."""
+        self._hist[...] = self.step.inputs["state"].quantize(0.0)
+        self._t = 0
+        self._prev = np.full(self.batch, SILENCE, np.int64)
+        if self.use_speaker:
+            speakers = speaker if isinstance(speaker, list) else [speaker] * self.batch
+            if len(speakers) != self.batch:
+                raise InputError(f"{len(speakers)} speakers for a model exported with batch {self.batch}")
+            table = self.manifest.speaker_bias[[self.speaker_index(s) for s in speakers]]  # [B, L, G]
+            port = self.step.inputs["speaker_bias"]
+            self.step.interpreter.set_tensor(port.index, port.quantize(table.transpose(1, 0, 2)))  # [L, B, G]
+
+    # ---------------------------------------------------------------------------------------------- stepping
+    def _run(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
+             logits_out: np.ndarray | None) -> np.ndarray:
+        """Runs n steps; returns the samples [n, B]. With ``forced`` [n, B] the inputs are teacher-forced."""
+        interp = self.step.interpreter
+        set_tensor, get_tensor, invoke = interp.set_tensor, interp.get_tensor, interp.invoke
+        ins, outs = self.step.inputs, self.step.outputs
+        i_state, i_emb = ins["state"].index, ins["sample_embedding"].index
+        i_cond = ins["cond"].index if cond is not None else None
+        o_logits, o_new = outs["logits"].index, outs["new_state"].index
+        hist, rows_at, layers, mask = self._hist, self._rows_at, self._layers, self._ring - 1
+        table, requant, prev, t = self._embedding, self._requant, self._prev, self._t
+        samples = np.empty((n, self.batch), np.int64)
+        for i in range(n):
+            pos = t & mask
+            set_tensor(i_state, hist[rows_at[pos], layers])  # [rows, B, R]: each layer's input d steps ago
+            set_tensor(i_emb, table[prev])
+            if i_cond is not None:
+                set_tensor(i_cond, cond[i])
+            invoke()
+            new = get_tensor(o_new)  # [L, B, R]
+            hist[pos] = new if requant is None else requant[new.view(np.uint8) ^ 0x80]
+            logits = get_tensor(o_logits)  # [B, classes]
+            if forced is not None:
+                logits_out[i] = logits
+                prev = forced[i]
+            elif noise is None:
+                prev = logits.argmax(axis=-1)
+            else:
+                prev = (logits + noise[i]).argmax(axis=-1)
+            samples[i] = prev
+            t += 1
+        self._prev, self._t = prev, t
+        return samples
+
+    def _noise(self, rng: np.random.Generator, n: int, temperature: float) -> np.ndarray | None:
+        """Gumbel noise scaled to the logits' units: argmax((q - z) s / T + g) = argmax(q + g T / s)."""
+        if temperature == 0:
+            return None
+        scale = temperature / self.step.outputs["logits"].scale
+        return (rng.gumbel(size=(n, self.batch, self.classes)) * scale).astype(np.float32)
+
+    # ---------------------------------------------------------------------------------------------- public API
+    def stream(self, mel: np.ndarray | Iterable[np.ndarray] | None = None, speaker: int | str | None = None,
+               temperature: float = 1.0, seed: int | None = None, seconds: float | None = None,
+               block: int = 1024) -> Iterator[np.ndarray]:
+        """Generates audio, yielding float32 chunks as soon as their conditioning is available.
+
+        Args:
+            mel: log-mel frames [F, n_mels], or an iterable of frames ([n_mels]) or blocks ([k, n_mels]) as they
+                arrive (the conditioner needs a few frames of lookahead, given in the manifest).
+            speaker: a speaker name or index (multi-speaker models; default the first).
+            temperature: sampling temperature (0 = always the most likely sample).
+            seed: seeds the sampling noise; the same seed gives the same audio however ``mel`` is chunked.
+            seconds: for models without local conditioning, how much audio to generate.
+            block: samples per yielded chunk without local conditioning.
+
+        Yields:
+            float32 audio chunks in [-1, 1] at ``sample_rate`` (for batch models: [n, B]).
+        """
+        if not np.isfinite(temperature) or temperature < 0:
+            raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
+        self.reset(speaker)
+        rng = np.random.default_rng(seed)
+        squeeze = (lambda a: a[:, 0]) if self.batch == 1 else (lambda a: a)  # noqa: E731
+        if self.use_mel:
+            if mel is None:
+                raise InputError("this model is conditioned on mel frames: give --mel or --wav")
+            port = self.step.inputs["cond"]
+            for cond in self.conditioner.stream(mel):  # [n, B, C]
+                n = cond.shape[0]
+                yield squeeze(self._decode[self._run(n, port.quantize(cond), self._noise(rng, n, temperature),
+                                                     None, None)])
+            return
+        if mel is not None:
+            raise InputError("this model has no local conditioning: use --seconds instead of mel frames")
+        if seconds is None or not seconds > 0:
+            raise InputError("give a positive number of seconds to generate")
+        remaining = int(round(seconds * self.sample_rate))
+        while remaining > 0:
+            n = min(block, remaining)
+            yield squeeze(self._decode[self._run(n, None, self._noise(rng, n, temperature), None, None)])
+            remaining -= n
+
+    def teacher_forced_logits(self, classes: np.ndarray, mel: np.ndarray | None = None,
+                              speaker: int | str | None = None) -> np.ndarray:
+        """Logits [T - 1, classes] (float32) predicting samples 1..T-1 of an utterance from the true past.
+
+        The same numbers the training model's ``logits[:, :-1]`` gives (up to quantization), through the same
+        ring buffers and graphs that generation uses.
+        """
+        classes = np.asarray(classes, np.int64)
+        if self.batch != 1 or classes.ndim != 1 or classes.shape[0] < 2:
+            raise InputError("teacher forcing takes one utterance of at least two samples (batch-1 models)")
+        self.reset(speaker)
+        n = classes.shape[0] - 1
+        cond = None
+        if self.use_mel:
+            if mel is None:
+                raise InputError("this model is conditioned on mel frames")
+            cond = np.concatenate(list(self.conditioner.stream(mel)))[1:n + 1]  # step t uses c[t + 1]
+            cond = self.step.inputs["cond"].quantize(cond)
+            if cond.shape[0] < n:
+                raise InputError(f"{classes.shape[0]} samples need {classes.shape[0] // self.conditioner.hop} mel frames")
+        out = np.empty((n, 1, self.classes), self.step.outputs["logits"].dtype)
+        self._prev = classes[:1]
+        self._run(n, cond, None, classes[1:, None], out)
+        return self.step.outputs["logits"].dequantize(out[:, 0])
+
+
+class Conditioner:
+    """Runs the conditioner graph over a stream of mel frames in fixed chunks with context on both sides.
+
+    Before the first frame and after the last, frames of silence (``log(log_floor)``) are assumed, exactly as
+    in training; chunk results are therefore identical to computing the whole utterance at once.
+    """
+
+    def __init__(self, manifest: Manifest, device: str, threads: int, batch: int):
+        info, cfg = manifest.data["conditioner"], manifest.config
+        self.graph = Graph(manifest.conditioner_path, "cpu" if device.startswith("edgetpu") else device, threads,
+                           {"mel"}, {"cond"})
+        self.chunk, self.context, self.hop = int(info["chunk_frames"]), int(info["context_frames"]), int(cfg["hop_length"])
+        self.n_mels, self.batch, self.pad = int(cfg["n_mels"]), batch, float(info["pad_value"])
+        self.mel_port, self.cond_port = self.graph.inputs["mel"], self.graph.outputs["cond"]
+        expected = (batch, self.chunk + 2 * self.context, self.n_mels)
+        if self.mel_port.shape != expected:
+            raise ModelError(f"conditioner input shape {self.mel_port.shape} does not match the manifest {expected}")
+
+    def _frames(self, mel) -> Iterator[np.ndarray]:
+        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks."""
+        blocks = [mel] if isinstance(mel, np.ndarray) else mel
+        for block in blocks:
+            block = np.asarray(block, np.float32)
+            if block.ndim == 1:
+                block = block[None]
+            if self.batch == 1 and block.ndim == 2:
+                block = block[:, None]
+            if block.ndim != 3 or block.shape[1:] != (self.batch, self.n_mels):
+                raise InputError(f"mel frames must have {self.n_mels} bands (shape [frames, {self.n_mels}]), "
+                                 f"got shape {tuple(block.shape)}")
+            if not np.all(np.isfinite(block)):
+                raise InputError("mel frames contain NaN or infinite values")
+            yield block
+
+    def stream(self, mel) -> Iterator[np.ndarray]:
+        """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32)."""
+        interp = self.graph.interpreter
+        width = self.chunk + 2 * self.context
+        pad = np.full((self.context, self.batch, self.n_mels), self.pad, np.float32)
+        buffer = [pad]
+        buffered = self.context  # frames in the buffer; the first `context` are left context
+        for block in self._frames(mel):
+            buffer.append(block)
+            buffered += block.shape[0]
+            while buffered >= width:
+                window = np.concatenate(buffer)
+                yield self._run(interp, window[:width])
+                buffer, buffered = [window[self.chunk:]], buffered - self.chunk
+        remaining = buffered - self.context  # real frames not yet turned into conditioning
+        if remaining < 0:
+            return
+        window = np.concatenate(buffer + [np.full((width, self.batch, self.n_mels), self.pad, np.float32)])
+        while remaining > 0:
+            out = self._run(interp, window[:width])
+            yield out[:min(self.chunk, remaining) * self.hop]
+            window, remaining = window[self.chunk:], remaining - self.chunk
+
+    def _run(self, interp, window: np.ndarray) -> np.ndarray:
+        interp.set_tensor(self.mel_port.index, np.ascontiguousarray(window.transpose(1, 0, 2)))  # [B, frames, n_mels]
+        interp.invoke()
+        return interp.get_tensor(self.cond_port.index).transpose(1, 0, 2)  # [chunk * hop, B, C]
+
+
+def cfg_dilations(cfg: dict) -> list[int]:
+    """Dilation of every layer from a config dict (the manifest also lists them)."""
+    return [2**i for i in range(cfg["layers_per_stack"])] * cfg["stacks"]
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped inside the package (``edge_runtime/models/default``)."""
+    path = Path(__file__).resolve().parent / "models" / "default"
+    if not (path / "manifest.json").exists():
+        raise ModelError("no model is shipped with this installation yet: give a MODEL_DIR")
+    return path

@@ -1,0 +1,59 @@
+"""Builds the edge suite's models in a process of its own (TensorFlow must not share the tests' process).
+
+    python tests/edge/build_fixture.py OUT_DIR
+
+OUT_DIR/data (generated two-speaker audio), OUT_DIR/val (its validation files), OUT_DIR/run (a tiny model
+trained for a few seconds), OUT_DIR/models/{float32,float16,dynamic,int8} (exported), OUT_DIR/models_b2
+(dynamic, batch 2), OUT_DIR/uncond (a tiny model without conditioning, float32), OUT_DIR/reference.npz (the
+validation utterances and the float32 TF model's teacher-forced logits) and OUT_DIR/tf_eval.json.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+
+def main(out: Path) -> None:
+    from make_demo_data import write_demo_folder
+
+    from convert.export import export
+    from training.checkpoint import load_model
+    from training.config import Config
+    from training.data import load_utterances
+    from training.evaluate import NLLScorer, utterance_inputs
+    from training.train import DataArgs, train
+
+    data = write_demo_folder(out / "data", speakers=2, files=8, seconds=0.4, rate=8000)
+    for f in data.rglob("*_[01].wav"):
+        (out / "val" / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, out / "val" / f.parent.name / f.name)
+    quiet = dict(progress=False, log=lambda m: None)
+    config = Config.preset("tiny", seed=7, steps=400, val_every=200, checkpoint_every=200)
+    train(config, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "run", **quiet)
+    export(out / "run", out / "models", "all", log=lambda m: None)
+    export(out / "run", out / "models_b2", "dynamic", batch=2, log=lambda m: None)
+
+    model, cfg, _ = load_model(out / "run")
+    val = load_utterances(out / "val", cfg)
+    arrays = {}
+    for i, u in enumerate(val):
+        arrays.update({f"classes_{i}": u.classes, f"mel_{i}": u.mel, f"speaker_{i}": np.int32(u.speaker),
+                       f"reference_{i}": model(utterance_inputs(u, cfg)).numpy()[0, :-1]})
+    np.savez(out / "reference.npz", **arrays)
+    nll, count = NLLScorer(model, cfg)(val)
+    (out / "tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
+
+    plain = Config.preset("tiny", seed=3, steps=60, n_mels=0, speaker_dim=0, val_every=60, checkpoint_every=60)
+    train(plain, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "uncond_run", **quiet)
+    export(out / "uncond_run", out / "uncond", "float32", log=lambda m: None)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

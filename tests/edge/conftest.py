@@ -1,0 +1,42 @@
+"""The edge suite: numpy + LiteRT in this process. Models are built by TensorFlow in a subprocess, because
+LiteRT returns wrong numbers once TensorFlow is loaded in the same process (see edge_runtime/quality.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def no_tensorflow_here():
+    """Fails any edge test that (directly or not) imports TensorFlow into the test process."""
+    yield
+    assert "tensorflow" not in sys.modules, "an edge test imported TensorFlow: LiteRT results are invalid after it"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """The trained and exported tiny models of build_fixture.py (about a minute, once per session)."""
+    out = tmp_path_factory.mktemp("edge")
+    result = subprocess.run([sys.executable, str(HERE / "build_fixture.py"), str(out)], capture_output=True,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(built):
+    """Validation utterances and the float32 TF model's logits: a list of dicts."""
+    import numpy as np
+
+    with np.load(built / "reference.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    cases, i = [], 0
+    while f"classes_{i}" in arrays:
+        cases.append({k: arrays[f"{k}_{i}"] for k in ("classes", "mel", "speaker", "reference")})
+        i += 1
+    return cases

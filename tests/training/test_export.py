@@ -1,0 +1,55 @@
+"""Export safety: never over an existing folder without --force, never a half-written model folder."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from tests.helpers import REPO, assert_clean_error, run_cli
+
+
+def test_export_refuses_an_existing_folder_unless_forced(tiny_run, tiny_data, tmp_path):
+    run_dir, _ = tiny_run
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["export", str(run_dir), "--out", str(out), "--quantize", "float32", "--calibration-data", str(tiny_data)]
+    assert_clean_error(run_cli(*args), "exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+    r = run_cli(*args, "--force")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    report = json.loads((out / "report.json").read_text())["variants"]["float32"]
+    assert report["nll_ratio_to_tf_float32"] < 1.0001 and report["argmax_agreement"] == 1.0
+    assert "float32" in r.stdout and not list(tmp_path.glob(".model.*"))
+
+
+def test_killed_export_leaves_no_model_folder(tiny_run, tiny_data, tmp_path):
+    run_dir, _ = tiny_run
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "wavenet_edge.cli", "export", str(run_dir), "--out", str(out), "--quantize", "all",
+           "--calibration-data", str(tiny_data)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".model.tmp-*/dynamic")):
+        time.sleep(0.05)  # wait until it is half-way: two variants written, more to come
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # only a hidden temporary folder may remain
+    r = run_cli("export", str(run_dir), "--out", str(out), "--quantize", "dynamic", "--calibration-data",
+                str(tiny_data))
+    assert r.returncode == 0, r.stderr
+    assert (out / "manifest.json").exists() and (out / "step.tflite").exists()
+    assert not list(tmp_path.glob(".model.*"))  # the killed run's temporary folder was cleaned up
+
+
+def test_export_bad_requests(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    assert_clean_error(run_cli("export", str(tmp_path), "--out", str(tmp_path / "m")), "not a run folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_error(run_cli("export", str(run_dir), "--out", str(tmp_path / "m2"), "--calibration-data",
+                               str(empty)), "no .wav or .flac files")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()

@@ -1,0 +1,62 @@
+"""What every command shares: clean one-line errors (exit 2) and the lazy TensorFlow import."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+EXIT_BAD_INPUT = 2
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input, from the modules already imported (never importing TensorFlow)."""
+    from edge_runtime.errors import EdgeError
+
+    errors: list[type[BaseException]] = [OSError, EdgeError]
+    for module, name in [("training.config", "ConfigError"), ("training.checkpoint", "CheckpointError"),
+                         ("convert.export", "ExportError")]:
+        mod = sys.modules.get(module)
+        if mod is not None:
+            errors.append(getattr(mod, name))
+    return tuple(errors)
+
+
+def clean_errors(fn):
+    """Turns expected errors into ``error: message`` and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.exceptions.ClickException:
+            raise
+        except _expected_errors() as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+def require_tensorflow() -> None:
+    """Imports TensorFlow, or exits 2 naming the extra to install.
+
+    TensorFlow's C++ libraries print start-up banners to file descriptor 2 while they load, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says; they are dropped so that errors stay one line. Later messages pass.
+    """
+    from edge_runtime.interpreter import quiet_native_stderr
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        with quiet_native_stderr():
+            import tensorflow  # noqa: F401
+    except ImportError:
+        missing = True
+    else:
+        missing = False
+    if missing:
+        click.echo("error: this command needs TensorFlow: pip install 'wavenet-edge[train]'", err=True)
+        sys.exit(EXIT_BAD_INPUT)

@@ -1,0 +1,160 @@
+"""The edge commands (`synth`, `info`): numpy + LiteRT only, never TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+import numpy as np
+
+from wavenet_edge.common import clean_errors
+
+
+def _load_mel(path: str) -> np.ndarray:
+    from edge_runtime.errors import InputError
+
+    try:
+        mel = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read mel file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if mel.ndim != 2 or not np.issubdtype(mel.dtype, np.floating):
+        raise InputError(f"{path}: mel must be a float array [frames, n_mels], got {mel.dtype} {mel.shape}")
+    return mel
+
+
+def _source(synth, wav, mel, seconds):
+    """(mel frames or None, seconds or None, total samples) from the command's one source option."""
+    from edge_runtime.audio import front_end_params, log_mel
+    from edge_runtime.errors import InputError
+    from edge_runtime.wavio import read_wav, resample
+
+    given = [x is not None for x in (wav, mel, seconds)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of --wav, --mel or --seconds")
+    if seconds is not None:
+        return None, seconds, int(round(seconds * synth.sample_rate))
+    if not synth.use_mel:
+        raise InputError("this model has no local conditioning: use --seconds N")
+    if wav is not None:
+        audio, rate = read_wav(wav)
+        audio = resample(audio, rate, synth.sample_rate)
+        frames = log_mel(audio, **front_end_params(synth.config))
+        if frames.shape[0] == 0:
+            raise InputError(f"{wav} is shorter than one frame")
+    else:
+        frames = _load_mel(mel)
+    return frames, None, frames.shape[0] * synth.config["hop_length"]
+
+
+@click.command()
+@click.argument("model_dir", required=False, type=click.Path())
+@click.option("--wav", type=click.Path(), help="Resynthesise this recording from its log-mel (copy synthesis).")
+@click.option("--mel", type=click.Path(), help="Log-mel frames as .npy [frames, n_mels].")
+@click.option("--seconds", type=float, help="Free generation (models without local conditioning).")
+@click.option("--speaker", default=None, help="Speaker name or index (multi-speaker models; default the first).")
+@click.option("--temperature", default=1.0, type=float, help="Sampling temperature (0: most likely sample).")
+@click.option("--seed", default=None, type=int, help="Seed for reproducible audio.")
+@click.option("--out", type=click.Path(), help="Write a 16-bit WAV (atomically).")
+@click.option("--play", is_flag=True, help="Play through the default sound device while synthesising.")
+@click.option("--raw", is_flag=True, help="Write 16-bit PCM to stdout, flushed per chunk (| aplay -f S16_LE -r RATE).")
+@click.option("--device", default="cpu", help="cpu or edgetpu[:usb|:pci][:N].")
+@click.option("--threads", default=1, type=int, help="Interpreter threads.")
+@clean_errors
+def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, raw, device, threads):
+    """Synthesise speech with an exported model (default: the model shipped with the package)."""
+    from edge_runtime.errors import InputError
+    from edge_runtime.synth import Synthesizer
+    from edge_runtime.wavio import AtomicWavWriter, to_pcm16
+
+    if sum([out is not None, play, raw]) != 1:
+        raise InputError("give exactly one of --out FILE, --play or --raw")
+    t_load = time.perf_counter()
+    synthesizer = Synthesizer.load(model_dir, device=device, threads=threads)
+    frames, secs, total = _source(synthesizer, wav, mel, seconds)
+    rate = synthesizer.sample_rate
+    chunks = synthesizer.stream(frames, speaker=speaker, temperature=temperature, seed=seed, seconds=secs)
+    t0, done = time.perf_counter(), 0
+    show = sys.stderr.isatty()
+
+    def progress(chunk_iter):
+        nonlocal done
+        for chunk in chunk_iter:
+            done += chunk.shape[0]
+            if show:
+                elapsed = time.perf_counter() - t0
+                sys.stderr.write(f"\r{done / rate:6.2f}/{total / rate:.2f} s of audio, RTF "
+                                 f"{elapsed / max(done / rate, 1e-9):.3f}\033[K")
+            yield chunk
+
+    extra = ""
+    if out is not None:
+        writer = AtomicWavWriter(out, rate)
+        try:
+            for chunk in progress(chunks):
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        extra = f"wrote {out}"
+    elif raw:
+        stdout = sys.stdout.buffer
+        try:
+            for chunk in progress(chunks):
+                stdout.write(to_pcm16(chunk))
+                stdout.flush()
+        except BrokenPipeError:  # the reader (head, aplay) went away: not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
+    else:
+        from edge_runtime.playback import Player
+
+        stats = Player(rate).play(progress(chunks), total, rate)
+        extra = (f"played {stats['played_samples'] / rate:.2f} s, pre-buffer {stats['prebuffer_samples'] / rate:.2f} s, "
+                 f"{stats['underruns']} underruns")
+    elapsed = time.perf_counter() - t0
+    if show:
+        sys.stderr.write("\n")
+    click.echo(f"{done / rate:.2f} s of audio in {elapsed:.2f} s: real-time factor {elapsed / max(done / rate, 1e-9):.3f} "
+               f"(load {t0 - t_load:.2f} s) {extra}".rstrip(), err=True)
+
+
+@click.command()
+@click.argument("model_dir", required=False, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@clean_errors
+def info(model_dir, as_json):
+    """Summary of an exported model: config, variant, state layout, tensors, op counts."""
+    from edge_runtime.interpreter import graph_details
+    from edge_runtime.synth import default_model_dir
+    from edge_runtime.manifest import load_manifest
+
+    manifest = load_manifest(model_dir or default_model_dir())
+    data, cfg = manifest.data, manifest.config
+    graphs = {}
+    for name, path in [("step", manifest.step_path), ("conditioner", manifest.conditioner_path)]:
+        if path is not None:
+            ops, _ = graph_details(path)
+            graphs[name] = {"file": path.name, "bytes": path.stat().st_size, "ops": ops,
+                            "inputs": data[name]["inputs"], "outputs": data[name]["outputs"]}
+    summary = {"folder": str(manifest.folder), "variant": data["variant"], "batch": data["batch"],
+               "sample_rate": data["sample_rate"], "speakers": manifest.speakers, "preset": cfg["name"],
+               "layers": f"{cfg['stacks']} x {cfg['layers_per_stack']}", "receptive_field": data["receptive_field"],
+               "state_rows": len(data["state"]["rows"]), "producer": data["producer"], "graphs": graphs}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"{summary['folder']}: {summary['variant']} {cfg['name']} WaveNet, {summary['layers']} layers, "
+               f"receptive field {summary['receptive_field']}, {summary['sample_rate']} Hz, batch {summary['batch']}")
+    click.echo(f"speakers: {', '.join(summary['speakers']) or '(none)'}; from {data['producer'].get('checkpoint')} "
+               f"(step {data['producer'].get('step')}), {data['producer'].get('package')}")
+    for name, g in graphs.items():
+        click.echo(f"{name}: {g['file']} {g['bytes']:,} bytes; ops " + ", ".join(f"{k} {v}" for k, v in g["ops"].items()))
+        for kind in ("inputs", "outputs"):
+            for port, d in g[kind].items():
+                q = f" scale {d['scale']:.4g} zero {d['zero_point']}" if d["dtype"] == "int8" else ""
+                click.echo(f"  {kind[:-1]:<6} {port:<17} {d['dtype']:<7} {d['shape']}{q}")
