@@ -125,7 +125,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
 
     cfg = model.config
     folder.mkdir(parents=True)
-    step_bytes = convert(make_step_function(cfg, weights, batch, separate_cond=variant == "int8"), variant,
+    step_bytes = convert(make_step_function(cfg, weights, batch), variant,
                          calibration if variant == "int8" else None)
     (folder / "step.tflite").write_bytes(step_bytes)
     files = {"step.tflite": sha256_file(folder / "step.tflite")}

@@ -259,18 +259,15 @@ def step_input_specs(config: Config, batch: int) -> dict:
     return specs
 
 
-def make_step_function(config: Config, weights: dict, batch: int, separate_cond: bool = False):
+def make_step_function(config: Config, weights: dict, batch: int):
     """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [L, B, R]}`` over fixed weights.
 
     Inputs (see :func:`step_input_specs`): the current sample's embedding row [B, R], its conditioning c[t+1]
     [B, C], the speaker's per-layer gate biases [L, B, G], and the state rows of :func:`state_layout` [n, B, R].
-    ``separate_cond`` projects the conditioning with its own FULLY_CONNECTED instead of concatenating it with the
-    layer inputs: in full-integer graphs a concatenation puts all its inputs on one scale, which would quantize
-    the (small) conditioning on the (large) residual stream's scale.
     """
     import tensorflow as tf
 
-    k, r = config.kernel_size, config.residual_channels
+    k = config.kernel_size
     const = lambda a: tf.constant(a, tf.float32)  # noqa: E731
     layer_w = [(const(lw["w"]), const(lw["b"]), None if lw["res_w"] is None else (const(lw["res_w"]), const(lw["res_b"])))
                for lw in weights["layers"]]
@@ -286,12 +283,9 @@ def make_step_function(config: Config, weights: dict, batch: int, separate_cond:
         for l, (w, b, res) in enumerate(layer_w):
             new_state.append(x)
             parts = [tf.reshape(t, [batch, -1]) for t in taps[l * (k - 1):(l + 1) * (k - 1)]] + [x]
-            if "cond" in inputs and separate_cond:
-                a = tf.matmul(tf.concat(parts, axis=-1), w[:k * r]) + b + tf.matmul(inputs["cond"], w[k * r:])
-            else:
-                if "cond" in inputs:
-                    parts.append(inputs["cond"])
-                a = tf.matmul(tf.concat(parts, axis=-1), w) + b  # [B, G]
+            if "cond" in inputs:
+                parts.append(inputs["cond"])
+            a = tf.matmul(tf.concat(parts, axis=-1), w) + b  # [B, G]
             if biases is not None:
                 a = a + tf.reshape(biases[l], [batch, -1])
             f, g = tf.split(a, 2, axis=-1)
