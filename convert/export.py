@@ -200,6 +200,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         raise ExportError("--batch and the chunk size must be >= 1")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} exists: choose a new folder or pass --force to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out_dir)
     model, config, ckpt = load_model(run_dir, checkpoint)
     utterances = validation_utterances(Path(run_dir), config, calibration_data)

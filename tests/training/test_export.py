@@ -41,7 +41,11 @@ def test_killed_export_leaves_no_model_folder(tiny_run, tiny_data, tmp_path):
     r = run_cli("export", str(run_dir), "--out", str(out), "--quantize", "dynamic", "--calibration-data",
                 str(tiny_data))
     assert r.returncode == 0, r.stderr
-    assert (out / "manifest.json").exists() and (out / "step.tflite").exists()
+    nested = tmp_path / "new" / "folders" / "model"  # parents are created
+    r = run_cli("export", str(run_dir), "--out", str(nested), "--quantize", "float16", "--calibration-data",
+                str(tiny_data))
+    assert r.returncode == 0, r.stderr
+    assert (out / "manifest.json").exists() and (nested / "step.tflite").exists()
     assert not list(tmp_path.glob(".model.*"))  # the killed run's temporary folder was cleaned up
 
 
