@@ -114,10 +114,12 @@ def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_da
     click.echo(f"wrote {out_dir}")
 
 
-from wavenet_edge.synth_cli import info, synth  # noqa: E402  (edge commands: numpy + LiteRT only)
+from wavenet_edge.bench_cli import bench  # noqa: E402  (edge commands: numpy + LiteRT only)
+from wavenet_edge.synth_cli import info, synth  # noqa: E402
 
 main.add_command(synth)
 main.add_command(info)
+main.add_command(bench)
 
 
 if __name__ == "__main__":

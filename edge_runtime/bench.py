@@ -1,0 +1,150 @@
+"""Latency benchmark of the whole streaming loop of exported models (numpy + LiteRT only).
+
+Each (model, threads) pair is measured in a fresh process (``python -m edge_runtime.bench ONE.json``), so load
+time and peak resident memory belong to that model alone. The JSON written by ``wavenet-edge bench --json`` is
+documented in ``tools/README.md`` (schema ``wavenet-edge-bench/1``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "wavenet-edge-bench/1"
+RATES = (8000, 16000, 22050, 24000)
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip().strip("\x00") or None
+    except OSError:
+        return None
+
+
+def device_info() -> dict:
+    """What the numbers were measured on: CPU, cores, board, OS, versions, governor and frequency."""
+    cpu = None
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.split(":")[0].strip() in ("model name", "Model", "Hardware") and ":" in line:
+            cpu = line.split(":", 1)[1].strip()
+            break
+    from importlib import metadata
+
+    try:
+        litert = metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        litert = None
+    freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    return {"cpu": cpu or platform.processor() or None, "machine": platform.machine(), "cores": os.cpu_count(),
+            "board": _read("/proc/device-tree/model"), "os": platform.platform(), "kernel": platform.release(),
+            "python": platform.python_version(), "numpy": np.__version__, "interpreter": f"ai-edge-litert {litert}",
+            "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            "cpu_mhz": int(freq) / 1000 if freq and freq.isdigit() else None}
+
+
+def bench_mel(synth, seconds: float) -> np.ndarray | None:
+    """Log-mel frames of a voiced test signal (a 150 Hz harmonic tone with a 3 Hz envelope), ``seconds`` long."""
+    from edge_runtime.audio import front_end_params, log_mel
+
+    if not synth.use_mel:
+        return None
+    rate = synth.sample_rate
+    t = np.arange(int(seconds * rate) + rate // 10) / rate
+    audio = (0.3 * np.sin(2 * np.pi * 150 * t) * (1.2 + np.sin(2 * np.pi * 3 * t)) / 2.2).astype(np.float32)
+    return log_mel(audio, **front_end_params(synth.config))[: int(seconds * rate) // synth.config["hop_length"]]
+
+
+def measure(model_dir: str, seconds: float, runs: int, threads: int, device: str) -> dict:
+    """Benchmarks one model folder in this process; see the module docstring for the fields."""
+    from edge_runtime.synth import Synthesizer
+
+    t0 = time.perf_counter()
+    synth = Synthesizer.load(model_dir, device=device, threads=threads)
+    load_s = time.perf_counter() - t0
+    b = synth.batch
+    mel = bench_mel(synth, seconds)
+    if mel is not None and b > 1:
+        mel = np.repeat(mel[:, None], b, axis=1)  # B copies of the utterance, one per stream
+    speakers = [i % max(1, len(synth.manifest.speakers)) for i in range(b)] if synth.use_speaker else None
+    speaker = speakers if b > 1 else (speakers[0] if speakers else None)
+
+    def one_run(seed: int, secs: float, frames) -> tuple[float, float, list[float], int]:
+        chunk_us, n, start = [], 0, time.perf_counter()
+        first, last = None, start
+        for chunk in synth.stream(frames, speaker=speaker, seed=seed, seconds=secs):
+            now = time.perf_counter()
+            first = first if first is not None else now - start
+            chunk_us.append((now - last) / chunk.shape[0] * 1e6)
+            n, last = n + chunk.shape[0], now
+        return (time.perf_counter() - start) / n * 1e6, first, chunk_us, n
+
+    warm = None if mel is None else mel[: max(1, mel.shape[0] // 8)]
+    one_run(0, seconds / 8, warm)  # warm-up: first-call allocations and caches
+    totals, firsts, chunks, samples = [], [], [], 0
+    for r in range(runs):
+        total, first, chunk_us, samples = one_run(r + 1, seconds, mel)
+        totals.append(total)
+        firsts.append(first)
+        chunks.extend(chunk_us)
+    cond_us = None
+    if mel is not None:
+        t = time.perf_counter()
+        frames = sum(c.shape[0] for c in synth.conditioner.stream(mel)) // synth.conditioner.hop
+        cond_us = (time.perf_counter() - t) / frames * 1e6
+    us = statistics.median(totals)
+    spread = (max(totals) - min(totals)) / us
+    rate = synth.sample_rate
+    data = synth.manifest.data
+    result = {
+        "model": str(model_dir), "variant": data["variant"], "preset": synth.config["name"], "batch": b,
+        "threads": threads, "device": device, "sample_rate": rate, "seconds": seconds, "runs": runs,
+        "samples_per_run": samples,
+        "us_per_sample": {"median": us, "runs": totals, "p50": float(np.percentile(chunks, 50)),
+                          "p90": float(np.percentile(chunks, 90)), "p99": float(np.percentile(chunks, 99)),
+                          "max": float(np.max(chunks))},
+        "rtf": us * rate / 1e6,
+        "real_time": {str(r): bool(us * r / 1e6 <= 1.0) for r in RATES},
+        "streams_per_core_16k": b / (us * 16000 / 1e6),
+        "time_to_first_audio_ms": statistics.median(firsts) * 1000,
+        "conditioner_us_per_frame": cond_us, "load_s": load_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_bytes": synth.manifest.step_path.stat().st_size, "spread": spread,
+        "warning": f"runs spread {spread:.0%} (> 10 %): the machine was busy" if spread > 0.10 else None,
+    }
+    return result
+
+
+def run_isolated(model_dir: str, seconds: float, runs: int, threads: int, device: str) -> dict:
+    """:func:`measure` in a fresh Python process (isolated load time and peak memory)."""
+    args = json.dumps({"model_dir": str(model_dir), "seconds": seconds, "runs": runs, "threads": threads,
+                       "device": device})
+    proc = subprocess.run([sys.executable, "-m", "edge_runtime.bench", args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        from edge_runtime.errors import EdgeError
+
+        raise EdgeError(lines[-1] if lines else f"benchmark of {model_dir} failed")
+    return json.loads(proc.stdout)
+
+
+def main() -> None:
+    from edge_runtime.errors import EdgeError
+
+    try:
+        print(json.dumps(measure(**json.loads(sys.argv[1]))))
+    except EdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

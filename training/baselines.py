@@ -1,0 +1,105 @@
+"""Speed baselines for `wavenet-edge bench --baselines`: the same model generated without TFLite.
+
+    python -m training.baselines '{"model_dir": ..., "samples": 400}'
+
+* ``tf_step``: the single-step graph as a TF ``tf.function`` called from Python with the same numpy ring
+  buffers and sampling -- what a user would write without TFLite.
+* ``naive``: the paper's original algorithm -- the full model run over one receptive field of history for every
+  generated sample (no caching of layer inputs).
+
+Weights: the run named by the manifest when it is on this machine, otherwise a fresh initialisation of the same
+config (speed does not depend on the values); the JSON says which.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_weights_model(manifest: dict):
+    """(model, "run" | "random-init") for a manifest."""
+    from training.checkpoint import CheckpointError, load_model
+    from training.config import Config
+    from training.model import build_model
+
+    run = manifest.get("producer", {}).get("run")
+    if run and Path(run).is_dir():
+        try:
+            model, _, _ = load_model(run, str(Path(run) / "checkpoints" / manifest["producer"]["checkpoint"]))
+            return model, "run"
+        except CheckpointError:
+            pass  # the run folder moved on (pruned checkpoint): fall back to the same config, fresh weights
+    return build_model(Config.from_dict(manifest["config"])), "random-init"
+
+
+def tf_step_us(model, samples: int) -> float:
+    """Microseconds per sample of a Python loop around the TF step function (float32)."""
+    import tensorflow as tf
+
+    from training.model import make_step_function, state_layout, step_weights
+
+    cfg = model.config
+    weights = step_weights(model)
+    step = make_step_function(cfg, weights, batch=1)
+    layout = np.array(state_layout(cfg))
+    ring = 1 << int(layout[:, 1].max()).bit_length()
+    hist = np.zeros((ring, cfg.n_layers, 1, cfg.residual_channels), np.float32)
+    rows_at = (np.arange(ring)[:, None] - layout[None, :, 1]) % ring
+    rng = np.random.default_rng(0)
+    feed = {}
+    if cfg.use_mel:
+        feed["cond"] = tf.constant(rng.standard_normal((1, cfg.cond_channels)).astype(np.float32) * 0.1)
+    if cfg.use_speaker:
+        feed["speaker_bias"] = tf.constant(weights["speaker_bias"][0][:, None])
+    prev, start = 128, None
+    for t in range(samples + 20):
+        if t == 20:
+            start = time.perf_counter()
+        out = step(sample_embedding=tf.constant(weights["embedding"][prev][None]),
+                   state=tf.constant(hist[rows_at[t % ring], layout[:, 0]]), **feed)
+        hist[t % ring] = out["new_state"].numpy()
+        prev = int(np.argmax(out["logits"].numpy()[0] + rng.gumbel(size=cfg.mu_classes)))
+    return (time.perf_counter() - start) / samples * 1e6
+
+
+def naive_us(model, samples: int) -> float:
+    """Microseconds per sample of regenerating one receptive field of history for every new sample."""
+    import tensorflow as tf
+
+    from training.config import receptive_field
+    from training.model import model_inputs
+
+    cfg = model.config
+    frame = cfg.frame_length
+    window = -(-receptive_field(cfg) // frame) * frame  # whole frames covering the receptive field
+    inputs = {k: tf.constant(v) for k, v in model_inputs(cfg, 1, window).items()}
+    forward = tf.function(lambda x: model(x)[0, -1])
+    audio = np.full((1, window), 128, np.int32)
+    rng = np.random.default_rng(0)
+    start = None
+    for t in range(samples + 3):
+        if t == 3:
+            start = time.perf_counter()
+        logits = forward({**inputs, "audio": tf.constant(audio)}).numpy()
+        audio = np.roll(audio, -1, axis=1)
+        audio[0, -1] = int(np.argmax(logits + rng.gumbel(size=cfg.mu_classes)))
+    return (time.perf_counter() - start) / samples * 1e6
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    manifest = json.loads((Path(args["model_dir"]) / "manifest.json").read_text())
+    model, weights = load_weights_model(manifest)
+    n = int(args.get("samples", 400))
+    print(json.dumps({"tf_step_us_per_sample": tf_step_us(model, n),
+                      "naive_us_per_sample": naive_us(model, max(10, n // 20)), "weights": weights,
+                      "tf_step_samples": n, "naive_samples": max(10, n // 20)}))
+
+
+if __name__ == "__main__":
+    main()
