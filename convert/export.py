@@ -75,25 +75,21 @@ def calibration_samples(model, utterances, weights: dict, batch: int, count: int
         xs = np.stack([x.numpy()[0] for x in xs], axis=1)  # [T, L, R]
         c = None if c is None else c.numpy()[0]
         for t in rng.integers(0, u.num_samples - 1, size=per_utt):
-            state = np.stack([xs[t - d, l] if t >= d else np.zeros(cfg.residual_channels, np.float32) for l, d in layout])
-            sample = {"sample_embedding": weights["embedding"][u.classes[t]], "state": state}
+            # row (l, d): layer l's input d steps ago (row (0, 0) is the current sample's embedding)
+            state = np.concatenate([xs[t - d, l] if t >= d else np.zeros(cfg.residual_channels, np.float32)
+                                    for l, d in layout])
+            sample = {"state": state}
             if c is not None:
                 sample["cond"] = c[t]
             if cfg.use_speaker:
-                sample["speaker_bias"] = weights["speaker_bias"][u.speaker]
+                sample["speaker_bias"] = weights["speaker_bias"][u.speaker].reshape(-1)
             rows.append(sample)
     rng.shuffle(rows)
 
     def batched():
         for i in range(0, len(rows) - batch + 1, batch):
             group = rows[i:i + batch]
-            out = {"sample_embedding": np.stack([g["sample_embedding"] for g in group]),
-                   "state": np.stack([g["state"] for g in group], axis=1)}
-            if "cond" in group[0]:
-                out["cond"] = np.stack([g["cond"] for g in group])
-            if "speaker_bias" in group[0]:
-                out["speaker_bias"] = np.stack([g["speaker_bias"] for g in group], axis=1)
-            yield {k: v.astype(np.float32) for k, v in out.items()}
+            yield {k: np.stack([g[k] for g in group]).astype(np.float32) for k in group[0]}
 
     return batched
 
@@ -142,8 +138,10 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
         "format": FORMAT, "format_version": FORMAT_VERSION, "variant": variant, "batch": batch,
         "config": cfg.to_dict(), "sample_rate": cfg.sample_rate, "speakers": list(cfg.speakers),
         "dilations": list(cfg.dilations), "receptive_field": receptive_field(cfg),
-        "state": {"rows": [list(r) for r in state_layout(cfg)], "layout": "state[row, batch, channel] = input of "
-                  "layer rows[row][0] from rows[row][1] steps ago; new_state[layer, batch, channel]"},
+        "state": {"rows": [list(r) for r in state_layout(cfg)],
+                  "layout": "state[b, row * R + c] = channel c of the input of layer rows[row][0] from rows[row][1] "
+                            "steps ago (row 0: the current sample's embedding); new_state[b, (l - 1) * R + c] = "
+                            "layer l's current input, l = 1..L-1; speaker_bias[b, l * G + g]"},
         "step": {"file": "step.tflite", "ops": graph_summary(step_bytes)["ops"], **port_info(step_bytes)},
         "conditioner": conditioner,
         "tables": {"embedding": encode_array(weights["embedding"].astype(np.float32)),

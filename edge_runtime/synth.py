@@ -1,10 +1,11 @@
 """Streaming WaveNet synthesis from an exported model folder: numpy ring buffers around a TFLite step graph.
 
-Per generated sample n the step graph gets the previous sample's embedding row, the conditioning c[n] of the
-sample being generated, the speaker's gate biases (set once per utterance) and, for every layer, its inputs
-from d (and 2d for kernel 3) steps ago, gathered from one ring buffer ``hist[ring, L, B, R]``; it returns the
-logits and every layer's current input, stored at ``hist[n % ring]``. Sampling is Gumbel-max with pre-drawn
-noise: ``argmax(logits + T * g)``.
+Per generated sample n the runtime writes the previous sample's embedding row into its ring buffer
+``hist[B, ring, L, R]`` (as layer 0's current input) and gathers, in one fancy-index, the ``state`` rows the
+manifest lists: that row, then every layer's inputs from d (and 2d for kernel 3) steps ago. The step graph also
+gets the conditioning c[n] of the sample being generated and the speaker's gate biases (set once per
+utterance: inputs keep their values between invokes); it returns the logits and the current inputs of layers
+1..L-1, stored at ``hist[:, n % ring]``. Sampling is Gumbel-max with pre-drawn noise: ``argmax(logits + T * g)``.
 """
 
 from __future__ import annotations
@@ -74,17 +75,16 @@ class Synthesizer:
         self.use_mel, self.use_speaker = cfg["n_mels"] > 0, cfg["speaker_dim"] > 0
         step = manifest.data["step"]
         self.batch = int(manifest.data["batch"])
-        wanted = {"sample_embedding", "state"} | ({"cond"} if self.use_mel else set()) | (
-            {"speaker_bias"} if self.use_speaker else set())
+        wanted = {"state"} | ({"cond"} if self.use_mel else set()) | ({"speaker_bias"} if self.use_speaker else set())
         self.step = Graph(manifest.step_path, device, threads, wanted, {"logits", "new_state"})
         ins, outs = self.step.inputs, self.step.outputs
         layout = np.asarray(manifest.data["state"]["rows"], np.int64).reshape(-1, 2)  # (layer, delay) per row
         n_layers, channels = len(cfg_dilations(cfg)), int(cfg["residual_channels"])
-        if ins["state"].shape != (layout.shape[0], self.batch, channels) or outs["new_state"].shape != (
-                n_layers, self.batch, channels) or ins["sample_embedding"].shape != (self.batch, channels):
+        if (layout.shape[0] < 2 or tuple(layout[0]) != (0, 0) or ins["state"].shape != (self.batch, layout.shape[0] * channels)
+                or outs["new_state"].shape != (self.batch, (n_layers - 1) * channels)):
             raise ModelError(f"{manifest.step_path.name}: tensor shapes do not match the manifest's state layout")
-        # Ring buffer in the state input's own domain (int8 models store int8); rows gathered by a table of
-        # ring positions: rows_at[p] = (p - delay) % ring for every state row.
+        # Ring buffer in the state input's own domain (int8 models store int8). rows_at[p] = (p - delay) % ring
+        # for every state row: one fancy index gathers the whole state, already in input order.
         ring = 1 << int(layout[:, 1].max()).bit_length()
         self._ring, self._layers = ring, layout[:, 0]
         self._rows_at = (np.arange(ring)[:, None] - layout[None, :, 1]) % ring
@@ -94,7 +94,7 @@ class Synthesizer:
         if ins["state"].quantized:
             codes = np.arange(-128, 128, dtype=np.int16).astype(np.int8)
             self._requant = ins["state"].quantize(outs["new_state"].dequantize(codes))
-        self._embedding = ins["sample_embedding"].quantize(manifest.embedding)  # [classes, R] in the input's domain
+        self._embedding = ins["state"].quantize(manifest.embedding)  # [classes, R] in the state's domain
         self._decode = mu_law_decode(np.arange(self.classes), self.classes)
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
         self.reset()
@@ -137,7 +137,7 @@ class Synthesizer:
                 raise InputError(f"{len(speakers)} speakers for a model exported with batch {self.batch}")
             table = self.manifest.speaker_bias[[self.speaker_index(s) for s in speakers]]  # [B, L, G]
             port = self.step.inputs["speaker_bias"]
-            self.step.interpreter.set_tensor(port.index, port.quantize(table.transpose(1, 0, 2)))  # [L, B, G]
+            self.step.interpreter.set_tensor(port.index, port.quantize(table.reshape(self.batch, -1)))  # [B, L*G]
 
     # ---------------------------------------------------------------------------------------------- stepping
     def _run(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
@@ -146,21 +146,28 @@ class Synthesizer:
         interp = self.step.interpreter
         set_tensor, get_tensor, invoke = interp.set_tensor, interp.get_tensor, interp.invoke
         ins, outs = self.step.inputs, self.step.outputs
-        i_state, i_emb = ins["state"].index, ins["sample_embedding"].index
+        i_state = ins["state"].index
         i_cond = ins["cond"].index if cond is not None else None
         o_logits, o_new = outs["logits"].index, outs["new_state"].index
         hist, rows_at, layers, mask = self._hist, self._rows_at, self._layers, self._ring - 1
         table, requant, prev, t = self._embedding, self._requant, self._prev, self._t
-        samples = np.empty((n, self.batch), np.int64)
+        b = self.batch
+        # [rows, B, R] -> [B, rows * R]: free for one stream, a transpose for several
+        flat_in = (lambda a: a.reshape(1, -1)) if b == 1 else (lambda a: a.transpose(1, 0, 2).reshape(b, -1))
+        # [B, (L-1) * R] -> [L-1, B, R]
+        flat_out = (lambda a: a.reshape(-1, 1, a.shape[-1] // (hist.shape[1] - 1))) if b == 1 else (
+            lambda a: a.reshape(b, hist.shape[1] - 1, -1).transpose(1, 0, 2))
+        samples = np.empty((n, b), np.int64)
         for i in range(n):
             pos = t & mask
-            set_tensor(i_state, hist[rows_at[pos], layers])  # [rows, B, R]: each layer's input d steps ago
-            set_tensor(i_emb, table[prev])
+            row = hist[pos]  # [L, B, R] view
+            row[0] = table[prev]  # layer 0's current input: the previous sample's embedding
+            set_tensor(i_state, flat_in(hist[rows_at[pos], layers]))  # gathered rows -> [B, rows * R]
             if i_cond is not None:
                 set_tensor(i_cond, cond[i])
             invoke()
-            new = get_tensor(o_new)  # [L, B, R]
-            hist[pos] = new if requant is None else requant[new.view(np.uint8) ^ 0x80]
+            new = flat_out(get_tensor(o_new))  # [L-1, B, R]
+            row[1:] = new if requant is None else requant[new.view(np.uint8) ^ 0x80]
             logits = get_tensor(o_logits)  # [B, classes]
             if forced is not None:
                 logits_out[i] = logits

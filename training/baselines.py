@@ -48,21 +48,21 @@ def tf_step_us(model, samples: int) -> float:
     step = make_step_function(cfg, weights, batch=1)
     layout = np.array(state_layout(cfg))
     ring = 1 << int(layout[:, 1].max()).bit_length()
-    hist = np.zeros((ring, cfg.n_layers, 1, cfg.residual_channels), np.float32)
+    hist = np.zeros((ring, cfg.n_layers, cfg.residual_channels), np.float32)
     rows_at = (np.arange(ring)[:, None] - layout[None, :, 1]) % ring
     rng = np.random.default_rng(0)
     feed = {}
     if cfg.use_mel:
         feed["cond"] = tf.constant(rng.standard_normal((1, cfg.cond_channels)).astype(np.float32) * 0.1)
     if cfg.use_speaker:
-        feed["speaker_bias"] = tf.constant(weights["speaker_bias"][0][:, None])
+        feed["speaker_bias"] = tf.constant(weights["speaker_bias"][0].reshape(1, -1))
     prev, start = 128, None
     for t in range(samples + 20):
         if t == 20:
             start = time.perf_counter()
-        out = step(sample_embedding=tf.constant(weights["embedding"][prev][None]),
-                   state=tf.constant(hist[rows_at[t % ring], layout[:, 0]]), **feed)
-        hist[t % ring] = out["new_state"].numpy()
+        hist[t % ring, 0] = weights["embedding"][prev]
+        out = step(state=tf.constant(hist[rows_at[t % ring], layout[:, 0]].reshape(1, -1)), **feed)
+        hist[t % ring, 1:] = out["new_state"].numpy().reshape(cfg.n_layers - 1, -1)
         prev = int(np.argmax(out["logits"].numpy()[0] + rng.gumbel(size=cfg.mu_classes)))
     return (time.perf_counter() - start) / samples * 1e6
 

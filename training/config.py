@@ -178,6 +178,7 @@ class Config:
                 continue
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
         need(self.kernel_size in (2, 3), f"kernel_size must be 2 or 3, got {self.kernel_size}")
+        need(self.n_layers >= 2, f"need at least 2 layers, got {self.n_layers}")
         need(self.gate_channels % 2 == 0, f"gate_channels must be even, got {self.gate_channels}")
         need(self.n_mels >= 0 and self.speaker_dim >= 0, "n_mels and speaker_dim must be >= 0")
         need(self.learning_rate > 0 and 0 < self.lr_decay_rate <= 1, "learning_rate > 0 and 0 < lr_decay_rate <= 1")

@@ -208,17 +208,21 @@ def build_model(config: Config) -> WaveNet:
 
 # ----------------------------------------------------------------------------------------- the single-step form
 # One autoregressive step with external state (the fast generation algorithm): every layer l keeps its inputs
-# from the last (k-1) * d_l steps outside the graph; a step reads the k-1 taps it needs and returns the layer's
-# current input to be stored. Each layer's conv taps and conditioning projection are fused into one matrix, so
+# from the last (k-1) * d_l steps outside the graph; a step reads the taps it needs and returns the layers'
+# current inputs to be stored. Each layer's conv taps and conditioning projection are fused into one matrix, so
 # a layer costs one FULLY_CONNECTED:  a_l = concat(taps_l, x_l, c) @ W_l + b_l + speaker_bias_l.
+# All tensors are 2-D [B, rows * channels] and split/concatenated along the last axis: no reshapes in the graph.
+# Row 0 of `state` is the current sample's embedding (layer 0's current input, written by the runtime into its
+# ring buffer before gathering), so one input carries everything the residual stack reads.
 
 def state_layout(config: Config) -> list[tuple[int, int]]:
     """(layer, delay) of every row of the step's ``state`` input, in order.
 
-    Layer l's rows are its inputs from (k-1)*d, ..., 2d, d steps ago (the order of the kernel's taps).
+    Row 0 is (0, 0): layer 0's current input, the embedding of the previous sample. Then layer l's rows are its
+    inputs from (k-1)*d, ..., 2d, d steps ago (the order of the kernel's taps).
     """
     k = config.kernel_size
-    return [(layer, (k - 1 - j) * d) for layer, d in enumerate(config.dilations) for j in range(k - 1)]
+    return [(0, 0)] + [(layer, (k - 1 - j) * d) for layer, d in enumerate(config.dilations) for j in range(k - 1)]
 
 
 def step_weights(model: WaveNet) -> dict:
@@ -249,21 +253,23 @@ def step_input_specs(config: Config, batch: int) -> dict:
     """Names and shapes of the step graph's inputs (the exported signature)."""
     import tensorflow as tf
 
-    specs = {"sample_embedding": tf.TensorSpec([batch, config.residual_channels], tf.float32, "sample_embedding")}
+    r, rows = config.residual_channels, len(state_layout(config))
+    specs = {"state": tf.TensorSpec([batch, rows * r], tf.float32, "state")}
     if config.use_mel:
         specs["cond"] = tf.TensorSpec([batch, config.cond_channels], tf.float32, "cond")
     if config.use_speaker:
-        specs["speaker_bias"] = tf.TensorSpec([config.n_layers, batch, config.gate_channels], tf.float32,
+        specs["speaker_bias"] = tf.TensorSpec([batch, config.n_layers * config.gate_channels], tf.float32,
                                               "speaker_bias")
-    specs["state"] = tf.TensorSpec([len(state_layout(config)), batch, config.residual_channels], tf.float32, "state")
     return specs
 
 
 def make_step_function(config: Config, weights: dict, batch: int):
-    """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [L, B, R]}`` over fixed weights.
+    """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [B, (L-1) * R]}`` over fixed weights.
 
-    Inputs (see :func:`step_input_specs`): the current sample's embedding row [B, R], its conditioning c[t+1]
-    [B, C], the speaker's per-layer gate biases [L, B, G], and the state rows of :func:`state_layout` [n, B, R].
+    Inputs (see :func:`step_input_specs`): ``state`` [B, rows * R] (the rows of :func:`state_layout`: the current
+    sample's embedding, then every layer's past inputs), ``cond`` [B, C] (the conditioning c[t+1] of the sample
+    being predicted) and ``speaker_bias`` [B, L * G] (the speaker's per-layer gate biases). ``new_state`` holds
+    the current inputs of layers 1..L-1 (layer 0's is the embedding the runtime already has).
     """
     import tensorflow as tf
 
@@ -276,18 +282,19 @@ def make_step_function(config: Config, weights: dict, batch: int):
     specs = step_input_specs(config, batch)
 
     def step(**inputs):
-        x = inputs["sample_embedding"]  # [B, R]
-        taps = tf.split(inputs["state"], len(state_layout(config)), axis=0)  # n x [1, B, R]
-        biases = tf.split(inputs["speaker_bias"], config.n_layers, axis=0) if "speaker_bias" in inputs else None
+        rows = tf.split(inputs["state"], len(state_layout(config)), axis=1)  # n x [B, R]
+        x, taps = rows[0], rows[1:]
+        biases = tf.split(inputs["speaker_bias"], config.n_layers, axis=1) if "speaker_bias" in inputs else None
         new_state, zs = [], []
         for l, (w, b, res) in enumerate(layer_w):
-            new_state.append(x)
-            parts = [tf.reshape(t, [batch, -1]) for t in taps[l * (k - 1):(l + 1) * (k - 1)]] + [x]
+            if l:
+                new_state.append(x)
+            parts = taps[l * (k - 1):(l + 1) * (k - 1)] + [x]
             if "cond" in inputs:
                 parts.append(inputs["cond"])
             a = tf.matmul(tf.concat(parts, axis=-1), w) + b  # [B, G]
             if biases is not None:
-                a = a + tf.reshape(biases[l], [batch, -1])
+                a = a + biases[l]
             f, g = tf.split(a, 2, axis=-1)
             z = tf.tanh(f) * tf.sigmoid(g)  # [B, H]
             zs.append(z)
@@ -296,7 +303,7 @@ def make_step_function(config: Config, weights: dict, batch: int):
         skip = tf.matmul(tf.concat(zs, axis=-1), skip_w) + skip_b  # [B, S]
         hidden = tf.nn.relu(tf.matmul(tf.nn.relu(skip), head[0][0]) + head[0][1])
         logits = tf.matmul(hidden, head[1][0]) + head[1][1]  # [B, classes]
-        return {"logits": logits, "new_state": tf.stack(new_state, axis=0)}  # new_state [L, B, R]
+        return {"logits": logits, "new_state": tf.concat(new_state, axis=1)}  # [B, (L-1) * R]
 
     return tf.function(step, input_signature=None).get_concrete_function(**specs)
 
@@ -350,14 +357,14 @@ def step_loop_logits(model: WaveNet, inputs: dict) -> "np.ndarray":
     history = np.zeros((T, cfg.n_layers, cfg.residual_channels), np.float32)
     out = np.zeros((T, cfg.mu_classes), np.float32)
     for t in range(T):
-        feed = {"sample_embedding": weights["embedding"][audio[t]][None],
-                "state": np.stack([history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32)
-                                   for l, d in layout])[:, None]}
+        history[t, 0] = weights["embedding"][audio[t]]
+        rows = [history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32) for l, d in layout]
+        feed = {"state": np.concatenate(rows)[None]}
         if cond is not None:
             feed["cond"] = cond[t][None]
         if cfg.use_speaker:
-            feed["speaker_bias"] = weights["speaker_bias"][inputs["speaker"][0]][:, None]
+            feed["speaker_bias"] = weights["speaker_bias"][inputs["speaker"][0]].reshape(1, -1)
         result = step(**feed)
-        history[t] = result["new_state"].numpy()[:, 0]
+        history[t, 1:] = result["new_state"].numpy().reshape(cfg.n_layers - 1, cfg.residual_channels)
         out[t] = result["logits"].numpy()[0]
     return out
