@@ -87,10 +87,14 @@ def log_mel(audio: np.ndarray, *, sample_rate: int, n_fft: int, win_length: int,
         return np.zeros((0, n_mels), np.float32)
     left, right = frame_padding(x.shape[0], n_fft, hop_length)
     padded = np.pad(x, (left, right))
-    idx = np.arange(frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
-    spectrum = np.abs(np.fft.rfft(padded[idx] * analysis_window(n_fft, win_length), axis=-1))
-    mel = spectrum @ mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
-    return np.log(np.maximum(mel, log_floor)).astype(np.float32)
+    window, bank = analysis_window(n_fft, win_length), mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    out = np.empty((frames, n_mels), np.float32)
+    block = 256  # frames per FFT batch: bounded memory for long recordings
+    for start in range(0, frames, block):
+        idx = np.arange(start, min(frames, start + block))[:, None] * hop_length + np.arange(n_fft)[None, :]
+        spectrum = np.abs(np.fft.rfft(padded[idx] * window, axis=-1))
+        out[start:start + idx.shape[0]] = np.log(np.maximum(spectrum @ bank, log_floor))
+    return out
 
 
 FRONT_END_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "log_floor")

@@ -149,25 +149,27 @@ class Synthesizer:
         i_state = ins["state"].index
         i_cond = ins["cond"].index if cond is not None else None
         o_logits, o_new = outs["logits"].index, outs["new_state"].index
-        hist, rows_at, layers, mask = self._hist, self._rows_at, self._layers, self._ring - 1
-        table, requant, prev, t = self._embedding, self._requant, self._prev, self._t
-        b = self.batch
-        # [rows, B, R] -> [B, rows * R]: free for one stream, a transpose for several
-        flat_in = (lambda a: a.reshape(1, -1)) if b == 1 else (lambda a: a.transpose(1, 0, 2).reshape(b, -1))
-        # [B, (L-1) * R] -> [L-1, B, R]
-        flat_out = (lambda a: a.reshape(-1, 1, a.shape[-1] // (hist.shape[1] - 1))) if b == 1 else (
-            lambda a: a.reshape(b, hist.shape[1] - 1, -1).transpose(1, 0, 2))
+        mask, n_layers = self._ring - 1, self._hist.shape[1]
+        # The ring as rows of one (time, layer) each: flat[pos * L + l] = layer l's input at ring position pos.
+        # Gathering with np.take on precomputed row numbers is the cheapest numpy way (measured: 0.8 vs 1.9 µs).
+        flat = self._hist.reshape(self._ring * n_layers, -1)  # [ring * L, B * R] (a view)
+        take_at = self._rows_at * n_layers + self._layers  # [ring, rows]
+        table, requant, prev, t, b = self._embedding, self._requant, self._prev, self._t, self.batch
         samples = np.empty((n, b), np.int64)
+        if b == 1:
+            table = table.reshape(table.shape[0], -1)
         for i in range(n):
             pos = t & mask
-            row = hist[pos]  # [L, B, R] view
-            row[0] = table[prev]  # layer 0's current input: the previous sample's embedding
-            set_tensor(i_state, flat_in(hist[rows_at[pos], layers]))  # gathered rows -> [B, rows * R]
+            base = pos * n_layers
+            flat[base] = table[prev].reshape(-1)  # layer 0's current input: the previous sample's embedding
+            gathered = flat.take(take_at[pos], axis=0)  # [rows, B * R]
+            set_tensor(i_state, gathered.reshape(1, -1) if b == 1 else _batch_major(gathered, b))
             if i_cond is not None:
                 set_tensor(i_cond, cond[i])
             invoke()
-            new = flat_out(get_tensor(o_new))  # [L-1, B, R]
-            row[1:] = new if requant is None else requant[new.view(np.uint8) ^ 0x80]
+            new = get_tensor(o_new)  # [B, (L-1) * R]
+            new = new.reshape(n_layers - 1, -1) if b == 1 else _layer_major(new, b, n_layers - 1)
+            flat[base + 1:base + n_layers] = new if requant is None else requant[new.view(np.uint8) ^ 0x80]
             logits = get_tensor(o_logits)  # [B, classes]
             if forced is not None:
                 logits_out[i] = logits
@@ -275,20 +277,28 @@ class Conditioner:
             raise ModelError(f"conditioner input shape {self.mel_port.shape} does not match the manifest {expected}")
 
     def _frames(self, mel) -> Iterator[np.ndarray]:
-        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks."""
-        blocks = [mel] if isinstance(mel, np.ndarray) else mel
-        for block in blocks:
-            block = np.asarray(block, np.float32)
-            if block.ndim == 1:
-                block = block[None]
-            if self.batch == 1 and block.ndim == 2:
-                block = block[:, None]
-            if block.ndim != 3 or block.shape[1:] != (self.batch, self.n_mels):
-                raise InputError(f"mel frames must have {self.n_mels} bands (shape [frames, {self.n_mels}]), "
-                                 f"got shape {tuple(block.shape)}")
-            if not np.all(np.isfinite(block)):
-                raise InputError("mel frames contain NaN or infinite values")
-            yield block
+        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks.
+
+        Long blocks come out in chunk-sized pieces, so the window buffer never holds more than about a chunk.
+        """
+        for big in [mel] if isinstance(mel, np.ndarray) else mel:
+            block = self._check(big)
+            for start in range(0, block.shape[0], self.chunk):
+                yield block[start:start + self.chunk]
+
+    def _check(self, block) -> np.ndarray:
+        """One block as [k, B, n_mels], or an InputError."""
+        block = np.asarray(block, np.float32)
+        if block.ndim == 1:
+            block = block[None]
+        if self.batch == 1 and block.ndim == 2:
+            block = block[:, None]
+        if block.ndim != 3 or block.shape[1:] != (self.batch, self.n_mels):
+            raise InputError(f"mel frames must have {self.n_mels} bands (shape [frames, {self.n_mels}]), "
+                             f"got shape {tuple(block.shape)}")
+        if not np.all(np.isfinite(block)):
+            raise InputError("mel frames contain NaN or infinite values")
+        return block
 
     def stream(self, mel) -> Iterator[np.ndarray]:
         """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32)."""
@@ -317,6 +327,16 @@ class Conditioner:
         interp.set_tensor(self.mel_port.index, np.ascontiguousarray(window.transpose(1, 0, 2)))  # [B, frames, n_mels]
         interp.invoke()
         return interp.get_tensor(self.cond_port.index).transpose(1, 0, 2)  # [chunk * hop, B, C]
+
+
+def _batch_major(rows: np.ndarray, b: int) -> np.ndarray:
+    """[rows, B * R] -> [B, rows * R] (several streams: the step graph wants each stream's rows together)."""
+    return np.ascontiguousarray(rows.reshape(rows.shape[0], b, -1).transpose(1, 0, 2)).reshape(b, -1)
+
+
+def _layer_major(new: np.ndarray, b: int, layers: int) -> np.ndarray:
+    """[B, layers * R] -> [layers, B * R]."""
+    return new.reshape(b, layers, -1).transpose(1, 0, 2).reshape(layers, -1)
 
 
 def cfg_dilations(cfg: dict) -> list[int]:

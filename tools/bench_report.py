@@ -55,7 +55,7 @@ def rows(files: list[dict]) -> list[tuple[dict, dict]]:
 
 def markdown(files: list[dict]) -> str:
     """The comparison table (one row per device x model x variant x threads x batch)."""
-    lines = ["| device | model | variant | threads | streams | µs/sample p50 | p99 | RTF | real time at (kHz) "
+    lines = ["| device | model | variant | threads | streams | µs/sample (median) | p99 | RTF | real time at (kHz) "
              "| first audio ms | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for f, r in rows(files):
         rt = ", ".join(f"{int(k) / 1000:g}" for k in RATES if r["real_time"].get(k)) or "none"
