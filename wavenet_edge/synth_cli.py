@@ -60,10 +60,11 @@ def _source(synth, wav, mel, seconds):
 @click.option("--out", type=click.Path(), help="Write a 16-bit WAV (atomically).")
 @click.option("--play", is_flag=True, help="Play through the default sound device while synthesising.")
 @click.option("--raw", is_flag=True, help="Write 16-bit PCM to stdout, flushed per chunk (| aplay -f S16_LE -r RATE).")
+@click.option("--audio-device", default=None, help="Playback device (name or index, see `python -m sounddevice`).")
 @click.option("--device", default="cpu", help="cpu or edgetpu[:usb|:pci][:N].")
 @click.option("--threads", default=1, type=int, help="Interpreter threads.")
 @clean_errors
-def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, raw, device, threads):
+def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, raw, audio_device, device, threads):
     """Synthesise speech with an exported model (default: the model shipped with the package)."""
     from edge_runtime.errors import InputError
     from edge_runtime.synth import Synthesizer
@@ -77,10 +78,11 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
     rate = synthesizer.sample_rate
     chunks = synthesizer.stream(frames, speaker=speaker, temperature=temperature, seed=seed, seconds=secs)
     t0, done = time.perf_counter(), 0
+    t_end = None  # when synthesis finished (playback may go on after it)
     show = sys.stderr.isatty()
 
     def progress(chunk_iter):
-        nonlocal done
+        nonlocal done, t_end
         for chunk in chunk_iter:
             done += chunk.shape[0]
             if show:
@@ -88,6 +90,7 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
                 sys.stderr.write(f"\r{done / rate:6.2f}/{total / rate:.2f} s of audio, RTF "
                                  f"{elapsed / max(done / rate, 1e-9):.3f}\033[K")
             yield chunk
+        t_end = time.perf_counter()
 
     extra = ""
     if out is not None:
@@ -113,10 +116,11 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
     else:
         from edge_runtime.playback import Player
 
-        stats = Player(rate).play(progress(chunks), total, rate)
+        audio_device = int(audio_device) if audio_device is not None and audio_device.isdigit() else audio_device
+        stats = Player(rate, device=audio_device).play(progress(chunks), total, rate)
         extra = (f"played {stats['played_samples'] / rate:.2f} s, pre-buffer {stats['prebuffer_samples'] / rate:.2f} s, "
                  f"{stats['underruns']} underruns")
-    elapsed = time.perf_counter() - t0
+    elapsed = (t_end or time.perf_counter()) - t0
     if show:
         sys.stderr.write("\n")
     click.echo(f"{done / rate:.2f} s of audio in {elapsed:.2f} s: real-time factor {elapsed / max(done / rate, 1e-9):.3f} "

@@ -50,6 +50,12 @@ def main(out: Path) -> None:
     nll, count = NLLScorer(model, cfg)(val)
     (out / "tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
 
+    # A model slower than real time (the paper's size, untrained): for the playback pre-buffer test.
+    slow = Config.preset("paper", sample_rate=8000, n_fft=256, win_length=128, hop_length=32, fmax=4000.0,
+                         upsample_scales=(4, 8), steps=0)
+    train(slow, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "slow_run", **quiet)
+    export(out / "slow_run", out / "slow", "dynamic", eval_samples=500, log=lambda m: None)
+
     plain = Config.preset("tiny", seed=3, steps=60, n_mels=0, speaker_dim=0, val_every=60, checkpoint_every=60)
     train(plain, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "uncond_run", **quiet)
     export(out / "uncond_run", out / "uncond", "float32", log=lambda m: None)

@@ -40,3 +40,21 @@ def reference(built):
         cases.append({k: arrays[f"{k}_{i}"] for k in ("classes", "mel", "speaker", "reference")})
         i += 1
     return cases
+
+
+@pytest.fixture()
+def jack_server(tmp_path):
+    """A JACK server on the dummy driver at 8 kHz: a sound sink with a real clock (Debian: jackd2)."""
+    import shutil
+    import time
+
+    if shutil.which("jackd") is None:
+        pytest.fail("jackd is not installed (apt-get install --no-install-recommends jackd2; .ci/run does)")
+    name = f"wavenet-test-{os.getpid()}"
+    proc = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "8000", "-p", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    assert proc.poll() is None, "jackd did not start"
+    yield {"JACK_DEFAULT_SERVER": name, "HOME": str(tmp_path)}
+    proc.terminate()
+    proc.wait(timeout=10)

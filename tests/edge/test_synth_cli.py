@@ -68,6 +68,35 @@ def test_play_through_portaudio(built, clip, tmp_path):
     assert "played" in r.stderr and "underruns" in r.stderr
 
 
+def _played(stderr):
+    import re
+
+    m = re.search(r"([\d.]+) s of audio in ([\d.]+) s: real-time factor ([\d.]+).*played ([\d.]+) s, pre-buffer "
+                  r"([\d.]+) s, (\d+) underruns", stderr)
+    assert m, stderr
+    return [float(x) for x in m.groups()]
+
+
+@pytest.mark.parametrize("model", ["models/dynamic", "slow"])
+def test_play_paced_by_a_real_clock(built, jack_server, model, tmp_path):
+    # JACK's dummy driver consumes audio in real time: a model faster than real time plays at once; one slower
+    # than real time (the paper-sized model) must pre-buffer enough that playback never stutters.
+    from tests.helpers import voice, write_wav
+
+    clip = tmp_path / "long.wav"
+    write_wav(clip, voice(np.random.default_rng(0), 200.0, 1.5, 8000), 8000)
+    t0 = __import__("time").perf_counter()
+    r = run_cli("synth", str(built / model), "--wav", str(clip), "--play", "--audio-device", "system", env=jack_server)
+    wall = __import__("time").perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    audio_s, synth_s, rtf, played_s, prebuffer_s, underruns = _played(r.stderr)
+    assert underruns == 0 and played_s >= audio_s
+    assert wall >= audio_s  # the sink really took its time
+    if model == "slow":
+        assert rtf > 1.2, "the slow model should be slower than real time here"
+        assert prebuffer_s >= 0.5 * audio_s * (1 - 1 / rtf)
+
+
 def test_eval_and_info(built):
     r = run_cli("eval", str(built / "models/float32"), "--data", str(built / "val"), "--json")
     assert r.returncode == 0, r.stderr
