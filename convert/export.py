@@ -76,20 +76,22 @@ def calibration_samples(model, utterances, weights: dict, batch: int, count: int
         c = None if c is None else c.numpy()[0]
         for t in rng.integers(0, u.num_samples - 1, size=per_utt):
             # row (l, d): layer l's input d steps ago (row (0, 0) is the current sample's embedding)
-            state = np.concatenate([xs[t - d, l] if t >= d else np.zeros(cfg.residual_channels, np.float32)
-                                    for l, d in layout])
+            state = np.stack([xs[t - d, l] if t >= d else np.zeros(cfg.residual_channels, np.float32)
+                              for l, d in layout])  # [rows, R]
             sample = {"state": state}
             if c is not None:
                 sample["cond"] = c[t]
             if cfg.use_speaker:
-                sample["speaker_bias"] = weights["speaker_bias"][u.speaker].reshape(-1)
+                sample["speaker_bias"] = weights["speaker_bias"][u.speaker]  # [L, G]
             rows.append(sample)
     rng.shuffle(rows)
 
     def batched():
+        # streams side by side within each row: [rows, B, R] -> [rows * B, R]; cond [B, C]
         for i in range(0, len(rows) - batch + 1, batch):
             group = rows[i:i + batch]
-            yield {k: np.stack([g[k] for g in group]).astype(np.float32) for k in group[0]}
+            out = {k: np.stack([g[k] for g in group], axis=1 if k != "cond" else 0) for k in group[0]}
+            yield {k: (v.reshape(-1, v.shape[-1]) if k != "cond" else v).astype(np.float32) for k, v in out.items()}
 
     return batched
 
@@ -139,9 +141,10 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
         "config": cfg.to_dict(), "sample_rate": cfg.sample_rate, "speakers": list(cfg.speakers),
         "dilations": list(cfg.dilations), "receptive_field": receptive_field(cfg),
         "state": {"rows": [list(r) for r in state_layout(cfg)],
-                  "layout": "state[b, row * R + c] = channel c of the input of layer rows[row][0] from rows[row][1] "
-                            "steps ago (row 0: the current sample's embedding); new_state[b, (l - 1) * R + c] = "
-                            "layer l's current input, l = 1..L-1; speaker_bias[b, l * G + g]"},
+                  "layout": "state[row * B + b, c] = channel c of stream b's input of layer rows[row][0] from "
+                            "rows[row][1] steps ago (row 0: the current sample's embedding); "
+                            "new_state[(l - 1) * B + b, c] = layer l's current input, l = 1..L-1; "
+                            "speaker_bias[l * B + b, g]"},
         "step": {"file": "step.tflite", "ops": graph_summary(step_bytes)["ops"], **port_info(step_bytes)},
         "conditioner": conditioner,
         "tables": {"embedding": encode_array(weights["embedding"].astype(np.float32)),

@@ -80,8 +80,8 @@ class Synthesizer:
         ins, outs = self.step.inputs, self.step.outputs
         layout = np.asarray(manifest.data["state"]["rows"], np.int64).reshape(-1, 2)  # (layer, delay) per row
         n_layers, channels = len(cfg_dilations(cfg)), int(cfg["residual_channels"])
-        if (layout.shape[0] < 2 or tuple(layout[0]) != (0, 0) or ins["state"].shape != (self.batch, layout.shape[0] * channels)
-                or outs["new_state"].shape != (self.batch, (n_layers - 1) * channels)):
+        if (layout.shape[0] < 2 or tuple(layout[0]) != (0, 0) or ins["state"].shape != (layout.shape[0] * self.batch, channels)
+                or outs["new_state"].shape != ((n_layers - 1) * self.batch, channels)):
             raise ModelError(f"{manifest.step_path.name}: tensor shapes do not match the manifest's state layout")
         # Ring buffer in the state input's own domain (int8 models store int8). rows_at[p] = (p - delay) % ring
         # for every state row: one fancy index gathers the whole state, already in input order.
@@ -139,7 +139,7 @@ class Synthesizer:
                 raise InputError(f"{len(speakers)} speakers for a model exported with batch {self.batch}")
             table = self.manifest.speaker_bias[[self.speaker_index(s) for s in speakers]]  # [B, L, G]
             port = self.step.inputs["speaker_bias"]
-            self.step.interpreter.set_tensor(port.index, port.quantize(table.reshape(self.batch, -1)))  # [B, L*G]
+            self.step.interpreter.set_tensor(port.index, port.quantize(table.transpose(1, 0, 2).reshape(-1, table.shape[-1])))  # [L*B, G]
 
     # ---------------------------------------------------------------------------------------------- stepping
     def _run(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
@@ -159,20 +159,17 @@ class Synthesizer:
         flat = self._hist.reshape(self._ring * n_layers, -1)  # [ring * L, B * R] (a view)
         take_at = self._rows_at * n_layers + self._layers  # [ring, rows]
         table, requant, prev, t, b = self._embedding, self._requant, self._prev, self._t, self.batch
+        state_shape, new_shape = (take_at.shape[1] * b, -1), (n_layers - 1, flat.shape[1])
         samples = np.empty((n, b), np.int64)
-        if b == 1:
-            table = table.reshape(table.shape[0], -1)
         for i in range(n):
             pos = t & mask
             base = pos * n_layers
             flat[base] = table[prev].reshape(-1)  # layer 0's current input: the previous sample's embedding
-            gathered = flat.take(take_at[pos], axis=0)  # [rows, B * R]
-            set_tensor(i_state, gathered.reshape(1, -1) if b == 1 else _batch_major(gathered, b))
+            set_tensor(i_state, flat.take(take_at[pos], axis=0).reshape(state_shape))  # [rows * B, R]
             if i_cond is not None:
                 set_tensor(i_cond, cond[i])
             invoke()
-            new = get_tensor(o_new)  # [B, (L-1) * R]
-            new = new.reshape(n_layers - 1, -1) if b == 1 else _layer_major(new, b, n_layers - 1)
+            new = get_tensor(o_new).reshape(new_shape)  # [(L-1) * B, R] -> [L-1, B * R]
             flat[base + 1:base + n_layers] = new if requant is None else requant[new.view(np.uint8)]
             logits = get_tensor(o_logits)  # [B, classes]
             if forced is not None:
@@ -212,7 +209,7 @@ class Synthesizer:
             pos = t & mask
             base = pos * n_layers
             flat[base] = table[prev]  # layer 0's current input: the previous sample's embedding
-            set_tensor(i_state, flat.take(take_rows[pos], axis=0).reshape(1, -1))
+            set_tensor(i_state, flat.take(take_rows[pos], axis=0))  # [rows, R]
             if i_cond is not None:
                 set_tensor(i_cond, cond[i])
             invoke()
@@ -377,16 +374,6 @@ class Conditioner:
         interp.set_tensor(self.mel_port.index, np.ascontiguousarray(window.transpose(1, 0, 2)))  # [B, frames, n_mels]
         interp.invoke()
         return interp.get_tensor(self.cond_port.index).transpose(1, 0, 2)  # [chunk * hop, B, C]
-
-
-def _batch_major(rows: np.ndarray, b: int) -> np.ndarray:
-    """[rows, B * R] -> [B, rows * R] (several streams: the step graph wants each stream's rows together)."""
-    return np.ascontiguousarray(rows.reshape(rows.shape[0], b, -1).transpose(1, 0, 2)).reshape(b, -1)
-
-
-def _layer_major(new: np.ndarray, b: int, layers: int) -> np.ndarray:
-    """[B, layers * R] -> [layers, B * R]."""
-    return new.reshape(b, layers, -1).transpose(1, 0, 2).reshape(layers, -1)
 
 
 def cfg_dilations(cfg: dict) -> list[int]:

@@ -55,14 +55,14 @@ def tf_step_us(model, samples: int) -> float:
     if cfg.use_mel:
         feed["cond"] = tf.constant(rng.standard_normal((1, cfg.cond_channels)).astype(np.float32) * 0.1)
     if cfg.use_speaker:
-        feed["speaker_bias"] = tf.constant(weights["speaker_bias"][0].reshape(1, -1))
+        feed["speaker_bias"] = tf.constant(weights["speaker_bias"][0])
     prev, start = 128, None
     for t in range(samples + 20):
         if t == 20:
             start = time.perf_counter()
         hist[t % ring, 0] = weights["embedding"][prev]
-        out = step(state=tf.constant(hist[rows_at[t % ring], layout[:, 0]].reshape(1, -1)), **feed)
-        hist[t % ring, 1:] = out["new_state"].numpy().reshape(cfg.n_layers - 1, -1)
+        out = step(state=tf.constant(hist[rows_at[t % ring], layout[:, 0]]), **feed)
+        hist[t % ring, 1:] = out["new_state"].numpy()
         prev = int(np.argmax(out["logits"].numpy()[0] + rng.gumbel(size=cfg.mu_classes)))
     return (time.perf_counter() - start) / samples * 1e6
 

@@ -211,7 +211,8 @@ def build_model(config: Config) -> WaveNet:
 # from the last (k-1) * d_l steps outside the graph; a step reads the taps it needs and returns the layers'
 # current inputs to be stored. Each layer's conv taps and conditioning projection are fused into one matrix, so
 # a layer costs one FULLY_CONNECTED:  a_l = concat(taps_l, x_l, c) @ W_l + b_l + speaker_bias_l.
-# All tensors are 2-D [B, rows * channels] and split/concatenated along the last axis: no reshapes in the graph.
+# All tensors are 2-D [rows * B, channels] (row-major over rows, then streams) and split/concatenated along axis
+# 0: no reshapes in the graph, and the runtime's ring buffer rows map onto them without transposes.
 # Row 0 of `state` is the current sample's embedding (layer 0's current input, written by the runtime into its
 # ring buffer before gathering), so one input carries everything the residual stack reads.
 
@@ -254,22 +255,23 @@ def step_input_specs(config: Config, batch: int) -> dict:
     import tensorflow as tf
 
     r, rows = config.residual_channels, len(state_layout(config))
-    specs = {"state": tf.TensorSpec([batch, rows * r], tf.float32, "state")}
+    specs = {"state": tf.TensorSpec([rows * batch, r], tf.float32, "state")}
     if config.use_mel:
         specs["cond"] = tf.TensorSpec([batch, config.cond_channels], tf.float32, "cond")
     if config.use_speaker:
-        specs["speaker_bias"] = tf.TensorSpec([batch, config.n_layers * config.gate_channels], tf.float32,
+        specs["speaker_bias"] = tf.TensorSpec([config.n_layers * batch, config.gate_channels], tf.float32,
                                               "speaker_bias")
     return specs
 
 
 def make_step_function(config: Config, weights: dict, batch: int):
-    """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [B, (L-1) * R]}`` over fixed weights.
+    """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [(L-1) * B, R]}`` over fixed weights.
 
-    Inputs (see :func:`step_input_specs`): ``state`` [B, rows * R] (the rows of :func:`state_layout`: the current
-    sample's embedding, then every layer's past inputs), ``cond`` [B, C] (the conditioning c[t+1] of the sample
-    being predicted) and ``speaker_bias`` [B, L * G] (the speaker's per-layer gate biases). ``new_state`` holds
-    the current inputs of layers 1..L-1 (layer 0's is the embedding the runtime already has).
+    Inputs (see :func:`step_input_specs`): ``state`` [rows * B, R] (the rows of :func:`state_layout`: the current
+    sample's embedding, then every layer's past inputs; each row holds B streams), ``cond`` [B, C] (the
+    conditioning c[t+1] of the sample being predicted) and ``speaker_bias`` [L * B, G] (the speakers' per-layer
+    gate biases). ``new_state`` holds the current inputs of layers 1..L-1 (layer 0's is the embedding, which the
+    runtime already has).
     """
     import tensorflow as tf
 
@@ -282,9 +284,9 @@ def make_step_function(config: Config, weights: dict, batch: int):
     specs = step_input_specs(config, batch)
 
     def step(**inputs):
-        rows = tf.split(inputs["state"], len(state_layout(config)), axis=1)  # n x [B, R]
+        rows = tf.split(inputs["state"], len(state_layout(config)), axis=0)  # n x [B, R]
         x, taps = rows[0], rows[1:]
-        biases = tf.split(inputs["speaker_bias"], config.n_layers, axis=1) if "speaker_bias" in inputs else None
+        biases = tf.split(inputs["speaker_bias"], config.n_layers, axis=0) if "speaker_bias" in inputs else None
         new_state, zs = [], []
         for l, (w, b, res) in enumerate(layer_w):
             if l:
@@ -303,7 +305,7 @@ def make_step_function(config: Config, weights: dict, batch: int):
         skip = tf.matmul(tf.concat(zs, axis=-1), skip_w) + skip_b  # [B, S]
         hidden = tf.nn.relu(tf.matmul(tf.nn.relu(skip), head[0][0]) + head[0][1])
         logits = tf.matmul(hidden, head[1][0]) + head[1][1]  # [B, classes]
-        return {"logits": logits, "new_state": tf.concat(new_state, axis=1)}  # [B, (L-1) * R]
+        return {"logits": logits, "new_state": tf.concat(new_state, axis=0)}  # [(L-1) * B, R]
 
     return tf.function(step, input_signature=None).get_concrete_function(**specs)
 
@@ -359,11 +361,11 @@ def step_loop_logits(model: WaveNet, inputs: dict) -> "np.ndarray":
     for t in range(T):
         history[t, 0] = weights["embedding"][audio[t]]
         rows = [history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32) for l, d in layout]
-        feed = {"state": np.concatenate(rows)[None]}
+        feed = {"state": np.stack(rows)}  # [rows, R] (batch 1)
         if cond is not None:
             feed["cond"] = cond[t][None]
         if cfg.use_speaker:
-            feed["speaker_bias"] = weights["speaker_bias"][inputs["speaker"][0]].reshape(1, -1)
+            feed["speaker_bias"] = weights["speaker_bias"][inputs["speaker"][0]]  # [L, G]
         result = step(**feed)
         history[t, 1:] = result["new_state"].numpy().reshape(cfg.n_layers - 1, cfg.residual_channels)
         out[t] = result["logits"].numpy()[0]
