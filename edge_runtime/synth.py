@@ -5,7 +5,7 @@ Per generated sample n the runtime writes the previous sample's embedding row in
 manifest lists: that row, then every layer's inputs from d (and 2d for kernel 3) steps ago. The step graph also
 gets the conditioning c[n] of the sample being generated and the speaker's gate biases (set once per
 utterance: inputs keep their values between invokes); it returns the logits and the current inputs of layers
-1..L-1, stored at ``hist[:, n % ring]``. Sampling is Gumbel-max with pre-drawn noise: ``argmax(logits + T * g)``.
+1..L-1, stored at ``hist[n % ring]``. Sampling is Gumbel-max with pre-drawn noise: ``argmax(logits + T * g)``.
 """
 
 from __future__ import annotations
