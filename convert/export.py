@@ -116,7 +116,8 @@ def port_info(model_bytes: bytes) -> dict:
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
                        calibration, source: dict) -> None:
     """Converts both graphs for one variant and writes them with the manifest into ``folder``."""
-    from convert.tflite import convert, graph_summary
+    from convert.tflite import convert
+    from edge_runtime.interpreter import graph_details
     from training.model import conditioning_context, make_conditioner_function, make_step_function, state_layout
 
     import tensorflow as tf
@@ -145,7 +146,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                             "rows[row][1] steps ago (row 0: the current sample's embedding); "
                             "new_state[(l - 1) * B + b, c] = layer l's current input, l = 1..L-1; "
                             "speaker_bias[l * B + b, g]"},
-        "step": {"file": "step.tflite", "ops": graph_summary(step_bytes)["ops"], **port_info(step_bytes)},
+        "step": {"file": "step.tflite", "ops": graph_details(step_bytes)[0], **port_info(step_bytes)},
         "conditioner": conditioner,
         "tables": {"embedding": encode_array(weights["embedding"].astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None

@@ -1,23 +1,12 @@
-"""TFLite conversion of the step and conditioner graphs, per quantization variant, and graph inspection."""
+"""TFLite conversion of the step and conditioner graphs, per quantization variant."""
 
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import numpy as np
 import tensorflow as tf
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
-
-# Ops the Edge TPU compiler maps (coral.ai/docs/edgetpu/models-intro, "Supported operations"), as TFLite names.
-EDGETPU_OPS = frozenset({
-    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS", "FULLY_CONNECTED",
-    "L2_NORMALIZATION", "LOGISTIC", "LSTM", "MAXIMUM", "MAX_POOL_2D", "MEAN", "MINIMUM", "MUL", "PACK", "PAD",
-    "PRELU", "QUANTIZE", "DEQUANTIZE", "REDUCE_MAX", "REDUCE_MIN", "RELU", "RELU6", "RELU_N1_TO_1", "RESHAPE",
-    "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "RSQRT", "SLICE", "SOFTMAX", "SPACE_TO_DEPTH", "SPLIT",
-    "SQUARED_DIFFERENCE", "SQUEEZE", "STRIDED_SLICE", "SUB", "SUM", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
-})
-
 
 def convert(concrete_fn, variant: str, representative: Callable[[], Iterable[dict]] | None = None) -> bytes:
     """Converts one concrete function to a TFLite flatbuffer.
@@ -48,27 +37,3 @@ def convert(concrete_fn, variant: str, representative: Callable[[], Iterable[dic
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}")
     return converter.convert()
-
-
-def graph_summary(model_bytes: bytes) -> dict:
-    """Op counts and the dtypes/shapes of every tensor of a TFLite graph (for `info` and the Edge TPU check)."""
-    from edge_runtime.interpreter import graph_details
-
-    ops, tensors = graph_details(model_bytes)
-    return {"ops": ops,
-            "dtypes": sorted({np.dtype(t["dtype"]).name for t in tensors}),
-            "max_rank": max(len(t["shape"]) for t in tensors),
-            "dynamic_shapes": any(-1 in list(t.get("shape_signature", t["shape"])) for t in tensors)}
-
-
-def edgetpu_problems(summary: dict) -> list[str]:
-    """What keeps a graph from the Edge TPU compiler, as far as can be checked without it."""
-    problems = [f"op {op} is not on the Edge TPU's supported list" for op in summary["ops"] if op not in EDGETPU_OPS]
-    float_types = [d for d in summary["dtypes"] if d.startswith("float")]
-    if float_types:
-        problems.append(f"float tensors ({', '.join(float_types)})")
-    if summary["max_rank"] > 3:
-        problems.append(f"tensors of rank {summary['max_rank']} (> 3)")
-    if summary["dynamic_shapes"]:
-        problems.append("dynamic shapes")
-    return problems
