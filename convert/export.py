@@ -31,7 +31,7 @@ from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
 
-DEFAULT_CHUNK_FRAMES = 4
+DEFAULT_CHUNK_FRAMES = 4  # small: streamed mel input waits for chunk + 2 × context frames
 
 
 class ExportError(ValueError):

@@ -54,17 +54,27 @@ def trim_silence(audio: np.ndarray, sample_rate: int, top_db: float) -> np.ndarr
     return audio[loud[0] * hop: min(audio.shape[0], loud[-1] * hop + frame)]
 
 
-def load_wav_folder(root: str | os.PathLike, sample_rate: int, trim_db: float,
-                    speaker_regex: str | None = None) -> list[tuple[str, str, np.ndarray]]:
+def load_wav_folder(root: str | os.PathLike, sample_rate: int, trim_db: float, speaker_regex: str | None = None,
+                    files_regex: str | None = None) -> list[tuple[str, str, np.ndarray]]:
     """Every WAV under ``root`` as ``(relative path, speaker label, float audio at sample_rate, trimmed)``.
 
     The numpy twin of ``training.data.load_recordings`` (which also reads FLAC through libsndfile).
+    ``files_regex`` keeps only files whose name it matches (e.g. a test split: ``'_[0-4]\\.wav$'``).
     """
     from edge_runtime.wavio import read_wav, resample
 
     root = Path(root)
+    paths = find_audio_files(root)
+    if files_regex:
+        try:
+            pattern = re.compile(files_regex)
+        except re.error as e:
+            raise DataError(f"bad file regex {files_regex!r}: {e}") from None
+        paths = [p for p in paths if pattern.search(p.name)]
+        if not paths:
+            raise DataError(f"no audio file under {root} matches {files_regex!r}")
     out = []
-    for path in find_audio_files(root):
+    for path in paths:
         if path.suffix.lower() != ".wav":
             raise DataError(f"{path.name}: the edge runtime reads WAV only (convert FLAC, or use the train extra)")
         try:

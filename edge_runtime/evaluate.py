@@ -17,7 +17,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
 
 
-def evaluate_folder(synth: Synthesizer, data_dir: str | os.PathLike, speaker_regex: str | None = None) -> dict:
+def evaluate_folder(synth: Synthesizer, data_dir: str | os.PathLike, speaker_regex: str | None = None,
+                    files_regex: str | None = None) -> dict:
     """Scores every WAV of a folder like training's eval: trimmed, whole frames, T - 1 predictions per file.
 
     Returns:
@@ -27,7 +28,7 @@ def evaluate_folder(synth: Synthesizer, data_dir: str | os.PathLike, speaker_reg
     frame = cfg["hop_length"] if synth.use_mel else 1
     speakers = synth.manifest.speakers
     total, count, files = 0.0, 0, 0
-    for rel, label, audio in load_wav_folder(data_dir, cfg["sample_rate"], cfg["trim_db"], speaker_regex):
+    for rel, label, audio in load_wav_folder(data_dir, cfg["sample_rate"], cfg["trim_db"], speaker_regex, files_regex):
         audio = audio[: audio.shape[0] // frame * frame]
         if audio.shape[0] < 2 * frame:
             raise DataError(f"audio file {rel} is too short after trimming ({audio.shape[0]} samples)")

@@ -93,12 +93,17 @@ def naive_us(model, samples: int) -> float:
 
 def main() -> None:
     args = json.loads(sys.argv[1])
+    import tensorflow as tf
+
+    threads = int(args.get("threads", 1))  # the same number of threads as the TFLite numbers it is compared with
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     manifest = json.loads((Path(args["model_dir"]) / "manifest.json").read_text())
     model, weights = load_weights_model(manifest)
     n = int(args.get("samples", 400))
     print(json.dumps({"tf_step_us_per_sample": tf_step_us(model, n),
                       "naive_us_per_sample": naive_us(model, max(10, n // 20)), "weights": weights,
-                      "tf_step_samples": n, "naive_samples": max(10, n // 20)}))
+                      "tf_step_samples": n, "naive_samples": max(10, n // 20), "threads": threads}))
 
 
 if __name__ == "__main__":

@@ -106,9 +106,14 @@ def speaker_index(labels: list[str], config: Config) -> tuple[tuple[str, ...], d
     return speakers, {s: i for i, s in enumerate(speakers)}
 
 
-def load_utterances(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None) -> list[Utterance]:
-    """Every recording of a folder as an utterance without padding (for evaluation)."""
+def load_utterances(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None,
+                    files_regex: str | None = None) -> list[Utterance]:
+    """Every recording of a folder (whose name matches ``files_regex``) as an utterance without padding."""
     recordings = load_recordings(data_dir, config, speaker_regex)
+    if files_regex:
+        recordings = [r for r in recordings if re.search(files_regex, Path(r[0]).name)]
+        if not recordings:
+            raise DataError(f"no audio file under {data_dir} matches {files_regex!r}")
     _, index = speaker_index([label for _, label, _ in recordings], config)
     return [prepare(audio, config, rel, index.get(label, 0)) for rel, label, audio in recordings]
 

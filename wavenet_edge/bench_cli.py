@@ -39,11 +39,11 @@ def _model_dirs(paths: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _baselines(model_dir: Path, samples: int) -> dict:
+def _baselines(model_dir: Path, samples: int, threads: int) -> dict:
     from edge_runtime.errors import EdgeError
 
     proc = subprocess.run([sys.executable, "-m", "training.baselines",
-                           json.dumps({"model_dir": str(model_dir), "samples": samples})],
+                           json.dumps({"model_dir": str(model_dir), "samples": samples, "threads": threads})],
                           capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if proc.returncode != 0:
         last = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or ["failed"]
@@ -100,9 +100,10 @@ def bench(models, seconds, runs, threads_text, device, streams, baselines, basel
             data = load_manifest(d, verify=False).data
             key = json.dumps([data["config"], data["producer"].get("run"), data["producer"].get("checkpoint")])
             if key not in measured:
-                measured[key] = _baselines(d, baseline_samples)
+                measured[key] = _baselines(d, baseline_samples, min(threads))  # TF on as many threads as we compare
             base = dict(measured[key])
-            ours = next(r for r in report["results"] if r["model"] == str(d))["us_per_sample"]["median"]
+            ours = next(r for r in report["results"] if r["model"] == str(d) and r["threads"] == min(threads))
+            ours = ours["us_per_sample"]["median"]
             base["speedup_vs_tf_step"] = base["tf_step_us_per_sample"] / ours
             base["speedup_vs_naive"] = base["naive_us_per_sample"] / ours
             report["baselines"][str(d)] = base

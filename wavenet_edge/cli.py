@@ -53,12 +53,13 @@ def train(preset, data_dir, run_dir, steps, overrides, speaker_regex, val_regex,
 @main.command(name="eval")
 @click.argument("folder", type=click.Path())
 @click.option("--data", "data_dir", required=True, type=click.Path(), help="Folder of recordings to score.")
+@click.option("--files", "files_regex", default=None, help="Score only files whose name matches this regex.")
 @click.option("--checkpoint", default="best", help="Run folders: best, last, or a checkpoint folder.")
 @click.option("--speaker-regex", default=None, help="Default: the one the run was trained with.")
 @click.option("--device", default="cpu", help="Model folders: cpu or edgetpu[:usb|:pci][:N].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @clean_errors
-def evaluate(folder, data_dir, checkpoint, speaker_regex, device, as_json):
+def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, as_json):
     """Teacher-forced NLL (bits/sample) over every file of a folder, for a run (TF) or an exported model (TFLite)."""
     from pathlib import Path
 
@@ -68,7 +69,7 @@ def evaluate(folder, data_dir, checkpoint, speaker_regex, device, as_json):
 
         synth = Synthesizer.load(folder, device=device)
         regex = speaker_regex or synth.manifest.data.get("data", {}).get("speaker_regex")
-        result = {**evaluate_folder(synth, data_dir, regex), "model": str(folder)}
+        result = {**evaluate_folder(synth, data_dir, regex, files_regex), "model": str(folder)}
     else:
         require_tensorflow()
         from training.checkpoint import load_model, read_run_info
@@ -77,7 +78,7 @@ def evaluate(folder, data_dir, checkpoint, speaker_regex, device, as_json):
 
         model, config, ckpt = load_model(folder, checkpoint)
         regex = speaker_regex or read_run_info(folder).get("data", {}).get("speaker_regex")
-        utterances = load_utterances(data_dir, config, regex)
+        utterances = load_utterances(data_dir, config, regex, files_regex)
         nll, count = NLLScorer(model, config)(utterances)
         result = {"nll_bits_per_sample": nll, "samples": count, "files": len(utterances),
                   "unigram_entropy_bits": unigram_entropy_bits(utterances, config.mu_classes), "checkpoint": str(ckpt)}
@@ -98,15 +99,17 @@ def evaluate(folder, data_dir, checkpoint, speaker_regex, device, as_json):
 @click.option("--batch", default=1, type=int, help="Independent streams per step.")
 @click.option("--checkpoint", default="best", help="best, last, or a checkpoint folder.")
 @click.option("--calibration-data", default=None, type=click.Path(), help="Validation recordings (default: the run's split).")
-@click.option("--chunk-frames", default=4, type=int, help="Mel frames per conditioner call.")
+@click.option("--chunk-frames", default=None, type=int,
+              help="Mel frames per conditioner call (default 4; each call also computes the context frames around it).")
 @click.option("--eval-samples", default=200_000, type=int, help="Samples scored per variant for the report.")
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
 @clean_errors
 def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_data, chunk_frames, eval_samples, force):
     """Export a run's checkpoint to TFLite step/conditioner graphs with a manifest and a quality report."""
     require_tensorflow()
-    from convert.export import export, format_report
+    from convert.export import DEFAULT_CHUNK_FRAMES, export, format_report
 
+    chunk_frames = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
     report = export(run_dir, out_dir, quantize, batch=batch, checkpoint=checkpoint, calibration_data=calibration_data,
                     force=force, chunk_frames=chunk_frames, eval_samples=eval_samples,
                     log=lambda m: click.echo(m, err=True))

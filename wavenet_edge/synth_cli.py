@@ -25,15 +25,38 @@ def _load_mel(path: str) -> np.ndarray:
     return mel
 
 
-def _source(synth, wav, mel, seconds):
+def _example_wav(synth, speaker) -> str:
+    """A shipped example recording of the requested speaker (any example for models without speakers)."""
+    from pathlib import Path
+
+    from edge_runtime.corpus import speaker_of
+    from edge_runtime.errors import InputError
+    from edge_runtime.synth import example_clips
+
+    clips = example_clips()
+    if not clips:
+        raise InputError("no example recordings are installed: give --wav, --mel or --seconds")
+    if synth.use_speaker:
+        name = synth.manifest.speakers[synth.speaker_index(speaker)]
+        regex = synth.manifest.data.get("data", {}).get("speaker_regex")
+        clips = [p for p in clips if regex and speaker_of(p, p.parent, regex) == name] or clips
+    click.echo(f"input: example recording {clips[0].name} (give --wav to resynthesise your own)", err=True)
+    return str(Path(clips[0]))
+
+
+def _source(synth, wav, mel, seconds, speaker):
     """(mel frames or None, seconds or None, total samples) from the command's one source option."""
     from edge_runtime.audio import front_end_params, log_mel
     from edge_runtime.errors import InputError
     from edge_runtime.wavio import read_wav, resample
 
     given = [x is not None for x in (wav, mel, seconds)]
-    if sum(given) != 1:
-        raise InputError("give exactly one of --wav, --mel or --seconds")
+    if sum(given) > 1:
+        raise InputError("give only one of --wav, --mel or --seconds")
+    if not any(given):
+        if not synth.use_mel:
+            raise InputError("this model has no local conditioning: use --seconds N")
+        wav = _example_wav(synth, speaker)
     if seconds is not None:
         return None, seconds, int(round(seconds * synth.sample_rate))
     if not synth.use_mel:
@@ -51,7 +74,8 @@ def _source(synth, wav, mel, seconds):
 
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path())
-@click.option("--wav", type=click.Path(), help="Resynthesise this recording from its log-mel (copy synthesis).")
+@click.option("--wav", type=click.Path(),
+              help="Resynthesise this recording from its log-mel (default: a shipped example of the speaker).")
 @click.option("--mel", type=click.Path(), help="Log-mel frames as .npy [frames, n_mels].")
 @click.option("--seconds", type=float, help="Free generation (models without local conditioning).")
 @click.option("--speaker", default=None, help="Speaker name or index (multi-speaker models; default the first).")
@@ -74,7 +98,7 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
         raise InputError("give exactly one of --out FILE, --play or --raw")
     t_load = time.perf_counter()
     synthesizer = Synthesizer.load(model_dir, device=device, threads=threads)
-    frames, secs, total = _source(synthesizer, wav, mel, seconds)
+    frames, secs, total = _source(synthesizer, wav, mel, seconds, speaker)
     rate = synthesizer.sample_rate
     chunks = synthesizer.stream(frames, speaker=speaker, temperature=temperature, seed=seed, seconds=secs)
     t0, done = time.perf_counter(), 0

@@ -115,7 +115,7 @@ def test_manifest_contents(built):
     assert data["dilations"] == [1, 2, 4, 8] and data["state"]["rows"] == [[0, 0], [0, 1], [1, 2], [2, 4], [3, 8]]
     assert set(data["step"]["inputs"]) == {"cond", "speaker_bias", "state"}
     assert all(p["dtype"] == "int8" and p["scale"] > 0 for p in data["step"]["inputs"].values())
-    assert data["conditioner"]["lookahead_frames"] == 3 and data["conditioner"]["inputs"]["mel"]["shape"] == [1, 10, 16]
+    assert data["conditioner"]["lookahead_frames"] == 3 and data["conditioner"]["inputs"]["mel"]["shape"] == [1, 4 + 2 * 3, 16]
     assert m.embedding.shape == (256, 16) and m.speaker_bias.shape == (2, 4, 32)
     assert data["producer"]["checkpoint"].startswith("ckpt-") and data["producer"]["tensorflow"].startswith("2.")
 
