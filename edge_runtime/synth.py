@@ -252,7 +252,7 @@ class Synthesizer:
 
     # ---------------------------------------------------------------------------------------------- public API
     def stream(self, mel: np.ndarray | Iterable[np.ndarray] | None = None, speaker: int | str | None = None,
-               temperature: float = 1.0, seed: int | None = None, seconds: float | None = None,
+               temperature: float = 0.7, seed: int | None = None, seconds: float | None = None,
                block: int = 512) -> Iterator[np.ndarray]:
         """Generates audio, yielding float32 chunks as soon as their conditioning is available.
 
@@ -260,7 +260,8 @@ class Synthesizer:
             mel: log-mel frames [F, n_mels], or an iterable of frames ([n_mels]) or blocks ([k, n_mels]) as they
                 arrive (the conditioner needs a few frames of lookahead, given in the manifest).
             speaker: a speaker name or index (multi-speaker models; default the first).
-            temperature: sampling temperature (0 = always the most likely sample).
+            temperature: sampling temperature (0 = always the most likely sample; 0.7 scored best for the
+                shipped model on PESQ, STOI and log-mel distance, 1.0 samples the model's own distribution).
             seed: seeds the sampling noise; the same seed gives the same audio however ``mel`` is chunked.
             seconds: for models without local conditioning, how much audio to generate.
             block: the most samples per yielded chunk.

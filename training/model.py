@@ -33,6 +33,11 @@ def conditioning_context(config: Config) -> int:
                                               for i, s in enumerate(config.upsample_scales)))
 
 
+def mel_normalization(pad_value: float) -> tuple[float, float]:
+    """(center, 1 / half-range) mapping log-mel values from [ln(log_floor), 0] to [-1, 1]."""
+    return pad_value / 2.0, -2.0 / pad_value
+
+
 class Upsampler(layers.Layer):
     """Log-mel frames -> per-sample conditioning: frame-rate convolutions, then learned upsampling stages.
 
@@ -44,10 +49,10 @@ class Upsampler(layers.Layer):
     """
 
     def __init__(self, cond_channels: int, cond_layers: int, upsample_scales: tuple[int, ...], context: int,
-                 pad_value: float, **kwargs):
+                 pad_value: float, normalize: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.cond_channels, self.cond_layers, self.context = cond_channels, cond_layers, context
-        self.upsample_scales, self.pad_value = tuple(upsample_scales), pad_value
+        self.upsample_scales, self.pad_value, self.normalize = tuple(upsample_scales), pad_value, normalize
         self.convs = [layers.Conv1D(cond_channels, 3, padding="valid", activation="tanh", name=f"frame_conv_{i}")
                       for i in range(cond_layers)]
         self.kernels = []
@@ -70,6 +75,9 @@ class Upsampler(layers.Layer):
     def valid(self, window):
         """Conditioning of the centre of a window: [B, n + 2*context, n_mels] -> [B, n * hop, C]."""
         x = window
+        if self.normalize:
+            center, inv_scale = mel_normalization(self.pad_value)
+            x = (x - center) * inv_scale
         for conv in self.convs:
             x = conv(x)  # [B, frames - 2, C]
         for s, kernel in zip(self.upsample_scales, self.kernels):
@@ -85,7 +93,8 @@ class Upsampler(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "cond_channels": self.cond_channels, "cond_layers": self.cond_layers,
-                "upsample_scales": list(self.upsample_scales), "context": self.context, "pad_value": self.pad_value}
+                "upsample_scales": list(self.upsample_scales), "context": self.context, "pad_value": self.pad_value,
+                "normalize": self.normalize}
 
 
 class ResidualLayer(layers.Layer):
@@ -142,7 +151,8 @@ class WaveNet(keras.Model):
             cond = config.n_mels
         self.embed = layers.Embedding(config.mu_classes, config.residual_channels, name="sample_embedding")
         self.upsampler = (Upsampler(config.cond_channels, config.cond_layers, config.upsample_scales,
-                                    conditioning_context(config), math.log(config.log_floor), name="upsampler")
+                                    conditioning_context(config), math.log(config.log_floor), config.normalize_mel,
+                                    name="upsampler")
                           if config.use_mel else None)
         self.speaker_embed = (layers.Embedding(len(config.speakers), config.speaker_dim, name="speaker_embedding")
                               if config.use_speaker else None)
@@ -326,6 +336,9 @@ def make_conditioner_function(model: WaveNet, batch: int, frames: int):
 
     def conditioner(mel):
         x = mel
+        if up.normalize:
+            center, inv_scale = mel_normalization(up.pad_value)
+            x = (x - center) * inv_scale
         for kernel, bias in convs:
             x = tf.tanh(tf.nn.conv1d(x, kernel, stride=1, padding="VALID") + bias)  # [B, F - 2, C]
         for s, w in zip(cfg.upsample_scales, smooth):

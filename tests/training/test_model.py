@@ -104,3 +104,19 @@ def test_step_loop_matches_full_model(tiny_config, kernel_size):
     stepped = step_loop_logits(model, inputs)
     assert np.abs(full - stepped).max() <= 1e-4
     assert np.abs(full).max() > 0.1  # a real signal, not all-zero logits
+
+
+@pytest.mark.parametrize("normalize, saturated", [(True, (0.0, 0.1)), (False, (0.5, 1.0))])
+def test_frame_convolution_is_not_saturated_by_raw_log_mel(tiny_config, normalize, saturated):
+    """Log-mel values span [ln(1e-5), 0] = [-11.5, 0]: fed raw, a fresh frame convolution's tanh saturates."""
+    import tensorflow as tf
+
+    config = tiny_config.replace(normalize_mel=normalize, n_mels=80, cond_channels=80)
+    model = build_model(config)
+    up = model.upsampler
+    mel = np.random.default_rng(0).uniform(np.log(config.log_floor), 0.0, (1, 50, 80)).astype(np.float32)
+    x = (mel - up.pad_value / 2) * (-2 / up.pad_value) if normalize else mel
+    conv = up.convs[0]
+    pre = tf.nn.conv1d(x, conv.kernel, 1, "VALID") + conv.bias  # before the tanh
+    fraction = float(np.mean(np.abs(pre.numpy()) > 2))
+    assert saturated[0] <= fraction <= saturated[1]

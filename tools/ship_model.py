@@ -1,0 +1,160 @@
+"""Exports a trained run as the package's shipped model, with example clips, a model card and a regression number.
+
+    python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings
+
+Writes (each folder built under a temporary name and renamed into place):
+* ``edge_runtime/models/default/``: the ``dynamic`` variant (what ``Synthesizer.load()`` and ``synth`` use);
+  ``default-float16/`` (the float variant) and ``default-int8/`` only if full int8 passes the quality bar;
+* ``edge_runtime/examples/``: one held-out clip per speaker, with ``ATTRIBUTION.md``;
+* ``edge_runtime/models/MODEL_CARD.md`` and ``training.json`` (config, command, steps, wall time, curve) and
+  ``reference.json``: the TF float32 NLL of two example clips, which the tests compare with the shipped float
+  variant through the edge runtime.
+Needs the train extra (TensorFlow); the exported graphs are scored in a TF-free subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from convert.export import export  # noqa: E402
+from training.checkpoint import load_model, read_run_info, write_json_atomic  # noqa: E402
+from training.config import Config  # noqa: E402
+from training.data import load_utterances  # noqa: E402
+from training.evaluate import NLLScorer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+INT8_BAR = 1.03  # full int8 ships only if its NLL is within 3 % of float32
+FSDD_ATTRIBUTION = ("Free Spoken Digit Dataset (FSDD), Zohar Jackson, César Souza, Jason Flaks, Yuxin Pan, "
+                    "Hereman Nicolas and Adhish Thite, https://github.com/Jakobovski/free-spoken-digit-dataset, "
+                    "licensed CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/)")
+
+
+def training_command(config: Config, data: dict) -> str:
+    """The `wavenet-edge train` command that reproduces a run's config and data split."""
+    base = Config.preset(config.name).to_dict()
+    sets = []
+    for key, value in config.to_dict().items():
+        if key in ("speakers", "name", "steps") or base.get(key) == value:
+            continue
+        value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        sets.append(f"--set {key}={value}")
+    parts = [f"wavenet-edge train --preset {config.name} --data {data.get('data_dir')}"]
+    if data.get("speaker_regex"):
+        parts.append(f"--speaker-regex '{data['speaker_regex']}'")
+    if data.get("val_regex"):
+        parts.append(f"--val-regex '{data['val_regex']}'")
+    return " ".join(parts + ["--out RUN_DIR --steps N"] + sets)
+
+
+def training_history(run: Path) -> dict:
+    """Validation curve and wall time from the run's log (pauses between resumed sessions left out)."""
+    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    curve = [{"step": e["step"], "val_nll_bits": e["val_nll_bits"], "train_loss_bits": e.get("train_loss_bits")}
+             for e in entries if "val_nll_bits" in e and "step" in e and "time" in e]
+    timed = [e for e in entries if "time" in e and "step" in e]
+    per_step = sorted((b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(timed, timed[1:])
+                      if b["step"] > a["step"])
+    typical = per_step[len(per_step) // 2] if per_step else 0.0
+    seconds = 0.0
+    for a, b in zip(timed, timed[1:]):
+        if b["step"] > a["step"]:
+            dt = b["time"] - a["time"]
+            # a gap far above the typical pace is a pause between sessions: count that stretch at the typical pace
+            seconds += dt if dt < 3 * typical * (b["step"] - a["step"]) else typical * (b["step"] - a["step"])
+    seconds += typical * (timed[0]["step"] if timed else 0)  # steps before the first log line
+    return {"curve": curve, "wall_seconds": seconds, "seconds_per_step": typical}
+
+
+def pick_examples(data_dir: Path, speakers: list[str], val_regex: str) -> list[Path]:
+    """One held-out clip per speaker, different digits, in speaker order."""
+    import re
+
+    picked = []
+    for i, speaker in enumerate(speakers):
+        for take in range(5):
+            path = data_dir / f"{(i + 3) % 10}_{speaker}_{take}.wav"
+            if path.exists() and re.search(val_regex, path.name):
+                picked.append(path)
+                break
+        else:
+            raise SystemExit(f"no held-out clip of {speaker} in {data_dir}")
+    return picked
+
+
+def replace_dir(built: Path, target: Path) -> None:
+    """Moves a finished folder into place, the old one going only after the new one is there."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(built, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--data", type=Path, required=True, help="The recordings the run was trained on.")
+    parser.add_argument("--out", type=Path, default=REPO / "edge_runtime" / "models")
+    parser.add_argument("--examples", type=Path, default=REPO / "edge_runtime" / "examples")
+    parser.add_argument("--checkpoint", default="best")
+    args = parser.parse_args()
+
+    info = read_run_info(args.run)
+    data = info.get("data", {})
+    model, config, ckpt = load_model(args.run, args.checkpoint)
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
+        tmp = Path(tmp)
+        report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint)
+        variants = report["variants"]
+        ship = {"default": "dynamic", "default-float16": "float16"}
+        if variants["int8"]["nll_ratio_to_tf_float32"] <= INT8_BAR:
+            ship["default-int8"] = "int8"
+        for name, variant in ship.items():
+            replace_dir(tmp / "all" / variant, args.out / name)
+        for stale in {"default-int8"} - set(ship):
+            shutil.rmtree(args.out / stale, ignore_errors=True)
+
+        examples = pick_examples(args.data, list(config.speakers), data.get("val_regex") or r"_[0-4]\.wav$")
+        built = tmp / "examples"
+        built.mkdir()
+        for path in examples:
+            shutil.copyfile(path, built / path.name)  # contents only: not the source's read-only mode
+            os.chmod(built / path.name, 0o644)
+        (built / "ATTRIBUTION.md").write_text(
+            "# Example inputs\n\nHeld-out recordings (never used in training) from the " + FSDD_ATTRIBUTION
+            + ". Unmodified.\n\n" + "".join(f"- `{p.name}`\n" for p in examples))
+        replace_dir(built, args.examples)
+
+    regex = data.get("speaker_regex")
+    reference_clips = [p.name for p in examples[:2]]
+    pattern = "^(" + "|".join(name.replace(".", r"\.") for name in reference_clips) + ")$"
+    utterances = load_utterances(args.examples, config, regex, pattern)
+    nll, samples = NLLScorer(model, config)(utterances)
+    history = training_history(args.run)
+    write_json_atomic(args.out / "reference.json", {
+        "clips": reference_clips, "speaker_regex": regex, "tf_float32_nll_bits_per_sample": nll, "samples": samples,
+        "checkpoint": ckpt.name, "step": step})
+    card = {"preset": config.name, "config": config.to_dict(), "checkpoint": ckpt.name, "step": step,
+            "best_val_nll_bits": info.get("best_val_nll_bits"), "training_command": training_command(config, data),
+            "data": {**data, "train_files": info.get("train_files"), "val_files": info.get("val_files"),
+                     "attribution": FSDD_ATTRIBUTION},
+            "wall_seconds": history["wall_seconds"], "seconds_per_step": history["seconds_per_step"],
+            "curve": history["curve"], "export_report": report, "shipped": ship}
+    write_json_atomic(args.out / "training.json", card)
+    print(json.dumps({k: card[k] for k in ("preset", "step", "best_val_nll_bits", "wall_seconds", "shipped")}))
+    print(f"reference NLL of {reference_clips}: {nll:.4f} bits/sample (TF float32)")
+
+
+if __name__ == "__main__":
+    main()
