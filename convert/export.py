@@ -250,7 +250,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
                                                            indent=2) + "\n")
         if quantize == "all":
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _replace(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         cases.unlink(missing_ok=True)
         if tmp.exists():
@@ -271,7 +271,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _replace(tmp: Path, out_dir: Path) -> None:
+def replace_folder(tmp: Path, out_dir: Path) -> None:
     """Moves the finished folder into place (the old one, with --force, only goes once the new one is there)."""
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     if out_dir.exists():

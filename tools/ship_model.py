@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import export  # noqa: E402
+from convert.export import export, replace_folder  # noqa: E402
 from training.checkpoint import load_model, read_run_info, write_json_atomic  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import load_utterances  # noqa: E402
@@ -89,16 +89,6 @@ def pick_examples(data_dir: Path, speakers: list[str], val_regex: str) -> list[P
     return picked
 
 
-def replace_dir(built: Path, target: Path) -> None:
-    """Moves a finished folder into place, the old one going only after the new one is there."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.rename(target, old)
-    os.rename(built, target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
@@ -121,7 +111,7 @@ def main() -> None:
         if variants["int8"]["nll_ratio_to_tf_float32"] <= INT8_BAR:
             ship["default-int8"] = "int8"
         for name, variant in ship.items():
-            replace_dir(tmp / "all" / variant, args.out / name)
+            replace_folder(tmp / "all" / variant, args.out / name)
         for stale in {"default-int8"} - set(ship):
             shutil.rmtree(args.out / stale, ignore_errors=True)
 
@@ -134,7 +124,7 @@ def main() -> None:
         (built / "ATTRIBUTION.md").write_text(
             "# Example inputs\n\nHeld-out recordings (never used in training) from the " + FSDD_ATTRIBUTION
             + ". Unmodified.\n\n" + "".join(f"- `{p.name}`\n" for p in examples))
-        replace_dir(built, args.examples)
+        replace_folder(built, args.examples)
 
     regex = data.get("speaker_regex")
     reference_clips = [p.name for p in examples[:2]]
