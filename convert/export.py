@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.evaluate import log_softmax
+from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array, sha256_file
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
@@ -113,12 +113,23 @@ def port_info(model_bytes: bytes) -> dict:
             "outputs": describe(runner.get_output_details())}
 
 
+def conditioner_graph(model, batch: int, chunk_frames: int) -> bytes | None:
+    """The conditioner graph (None without local conditioning), converted once for every variant.
+
+    It runs once per chunk of frames, not per sample, so float32 keeps it exact and cheap.
+    """
+    from convert.tflite import convert
+    from training.model import make_conditioner_function
+
+    return convert(make_conditioner_function(model, batch, chunk_frames), "float32") if model.config.use_mel else None
+
+
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
-                       calibration, source: dict) -> None:
-    """Converts both graphs for one variant and writes them with the manifest into ``folder``."""
+                       cond_bytes: bytes | None, calibration, source: dict) -> None:
+    """Converts the step graph for one variant and writes it, the conditioner and the manifest into ``folder``."""
     from convert.tflite import convert
     from edge_runtime.interpreter import graph_details
-    from training.model import conditioning_context, make_conditioner_function, make_step_function, state_layout
+    from training.model import conditioning_context, make_step_function, state_layout
 
     import tensorflow as tf
 
@@ -129,9 +140,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
     (folder / "step.tflite").write_bytes(step_bytes)
     files = {"step.tflite": sha256_file(folder / "step.tflite")}
     conditioner = None
-    if cfg.use_mel:
-        # The conditioner runs once per chunk of frames, not per sample: float32 keeps it exact and cheap.
-        cond_bytes = convert(make_conditioner_function(model, batch, chunk_frames), "float32")
+    if cond_bytes is not None:
         (folder / "conditioner.tflite").write_bytes(cond_bytes)
         files["conditioner.tflite"] = sha256_file(folder / "conditioner.tflite")
         conditioner = {"file": "conditioner.tflite", "chunk_frames": chunk_frames,
@@ -208,6 +217,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
     utterances = validation_utterances(Path(run_dir), config, calibration_data)
     weights = step_weights(model)
     calibration = calibration_samples(model, utterances, weights, batch) if "int8" in variants else None
+    cond_bytes = conditioner_graph(model, batch, chunk_frames)
     scored = []
     for u in utterances:
         if sum(s.num_samples for s in scored) >= eval_samples:
@@ -231,13 +241,13 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         for variant in variants:
             folder = tmp / variant if quantize == "all" else tmp
             log(f"converting {variant} ...")
-            write_model_folder(folder, model, weights, variant, batch, chunk_frames, calibration, source)
+            write_model_folder(folder, model, weights, variant, batch, chunk_frames, cond_bytes, calibration, source)
             if batch == 1:
                 report["variants"][variant] = quality(folder, cases)
             else:
                 sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.tflite"))}
                 report["variants"][variant] = {"file_bytes": sizes, "note": "quality is measured on batch-1 exports"}
-        ref = {"nll_bits_per_sample": float(sum(_nll_nats(r, u) for r, u in zip(reference, scored))
+        ref = {"nll_bits_per_sample": float(sum(nll_nats(log_softmax(r), u.classes) for r, u in zip(reference, scored))
                                             / sum(r.shape[0] for r in reference) / np.log(2)),
                "samples": sum(r.shape[0] for r in reference)}
         report["tensorflow_float32"] = ref
@@ -256,11 +266,6 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         if tmp.exists():
             shutil.rmtree(tmp)
     return report
-
-
-def _nll_nats(logits: np.ndarray, u) -> float:
-    logp = log_softmax(logits)
-    return float(-logp[np.arange(logp.shape[0]), u.classes[1:]].sum())
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:

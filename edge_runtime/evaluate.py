@@ -17,6 +17,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.logaddexp.reduce(x, axis=-1, keepdims=True)
 
 
+def nll_nats(logp: np.ndarray, classes: np.ndarray) -> float:
+    """Negative log-likelihood (nats) of ``classes[1:]`` under teacher-forced log-probabilities [T - 1, classes]."""
+    return float(-logp[np.arange(logp.shape[0]), classes[1:]].sum())
+
+
 def evaluate_folder(synth: Synthesizer, data_dir: str | os.PathLike, speaker_regex: str | None = None,
                     files_regex: str | None = None) -> dict:
     """Scores every WAV of a folder like training's eval: trimmed, whole frames, T - 1 predictions per file.
@@ -36,8 +41,8 @@ def evaluate_folder(synth: Synthesizer, data_dir: str | os.PathLike, speaker_reg
             raise DataError(f"speaker {label!r} of {rel} is not one of the model's speakers ({', '.join(speakers)})")
         classes = mu_law_encode(audio, cfg["mu_classes"])
         mel = log_mel(audio, **front_end_params(cfg)) if synth.use_mel else None
-        logp = log_softmax(synth.teacher_forced_logits(classes, mel, label if synth.use_speaker else None))
-        total -= logp[np.arange(logp.shape[0]), classes[1:]].sum()
-        count += logp.shape[0]
+        logits = synth.teacher_forced_logits(classes, mel, label if synth.use_speaker else None)
+        total += nll_nats(log_softmax(logits), classes)
+        count += logits.shape[0]
         files += 1
     return {"nll_bits_per_sample": total / count / np.log(2), "samples": count, "files": files}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.evaluate import log_softmax
+from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.synth import Synthesizer
 
 
@@ -30,7 +30,7 @@ def score(folder: str | Path, cases: dict) -> dict:
         speaker = int(cases[f"speaker_{i}"]) if synth.use_speaker else None
         logits = synth.teacher_forced_logits(classes, mel, speaker)
         logp, ref_logp = log_softmax(logits), log_softmax(ref)
-        nats -= logp[np.arange(logp.shape[0]), classes[1:]].sum()
+        nats += nll_nats(logp, classes)
         kl += (np.exp(ref_logp) * (ref_logp - logp)).sum()
         agree += int((logits.argmax(-1) == ref.argmax(-1)).sum())
         count += logp.shape[0]

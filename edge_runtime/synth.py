@@ -175,7 +175,7 @@ class Synthesizer:
         state = views["state"].reshape(self._take_at.shape[1], -1)  # [rows, B * R], a view of [rows * B, R]
         new = new.reshape(n_layers - 1, -1)  # [L-1, B * R]
         take, take_at, requant = flat.take, self._take_at, self._requant  # take_at: [ring, rows]
-        table, t = self._embedding, self._t  # table: [classes, B, R]... indexed by class: [classes, R]
+        table, t = self._embedding, self._t  # [classes, R]
         current = self._hist[:, 0]  # [ring, B, R]: layer 0's current input per ring position
         prev = np.array(self._prev, np.int64)
         samples = np.empty((n, self.batch), np.int64)
@@ -215,7 +215,7 @@ class Synthesizer:
         flat = self._hist.reshape(self._ring * n_layers, -1)  # [ring * L, R]
         new = views["new_state"]  # [L-1, R]
         take, take_rows, requant = flat.take, self._take_rows, self._requant
-        table = self._embedding.reshape(self._embedding.shape[0], -1)  # [classes, R]
+        table = self._embedding  # [classes, R]
         prev, t = int(self._prev[0]), self._t
         nz = None if noise is None else noise[:, 0]  # [n, classes]
         cond = None if cond is None else cond[:, 0]  # [n, C]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from edge_runtime.corpus import load_wav_folder  # noqa: E402
 from edge_runtime.errors import EdgeError  # noqa: E402
 from edge_runtime.evaluate import evaluate_folder  # noqa: E402
 from edge_runtime.synth import Synthesizer, default_model_dir  # noqa: E402
-from edge_runtime.wavio import AtomicWavWriter  # noqa: E402
+from edge_runtime.wavio import AtomicWavWriter, write_text_atomic  # noqa: E402
 from quality_metrics import griffin_lim, log_mel_distance, mu_law_round_trip, pesq_nb, stoi, world_resynthesis  # noqa: E402
 
 GAP_SECONDS = 0.1  # silence between clips in the per-speaker concatenations
@@ -204,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text, end="")
     for path, content in [(args.json, json.dumps(report, indent=1, ensure_ascii=False) + "\n"), (args.markdown, text)]:
         if path is not None:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(content, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, content)
     return 0
 
 

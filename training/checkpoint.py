@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.wavio import write_text_atomic
 from training.config import Config
 
 CKPT_PREFIX = "ckpt-"
@@ -32,13 +33,7 @@ class CheckpointError(ValueError):
 
 def write_json_atomic(path: Path, obj) -> None:
     """Writes JSON to a temporary file, fsyncs it and renames it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _fsync_dir(path: Path) -> None:

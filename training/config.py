@@ -142,10 +142,9 @@ class Config:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Writes the config atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        from edge_runtime.wavio import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def replace(self, **changes: Any) -> "Config":
         """Returns a copy with some fields changed (validated like any other config)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from training.config import Config, receptive_field
@@ -198,8 +199,6 @@ class WaveNet(keras.Model):
 
 def model_inputs(config: Config, batch: int, samples: int) -> dict:
     """Zero-filled inputs of the right shapes and dtypes (used to build the model's weights)."""
-    import numpy as np
-
     inputs = {"audio": np.zeros((batch, samples), np.int32)}
     if config.use_mel:
         inputs["mel"] = np.zeros((batch, samples // config.hop_length, config.n_mels), np.float32)
@@ -238,8 +237,6 @@ def state_layout(config: Config) -> list[tuple[int, int]]:
 
 def step_weights(model: WaveNet) -> dict:
     """Fused float32 numpy weights of the single-step form (see the comment above)."""
-    import numpy as np
-
     cfg = model.config
     layers_ = []
     for block in model.blocks:
@@ -352,14 +349,12 @@ def make_conditioner_function(model: WaveNet, batch: int, frames: int):
     return tf.function(conditioner).get_concrete_function(mel=spec)
 
 
-def step_loop_logits(model: WaveNet, inputs: dict) -> "np.ndarray":
+def step_loop_logits(model: WaveNet, inputs: dict) -> np.ndarray:
     """Teacher-forced logits [T, classes] of one utterance computed step by step (tests the step form).
 
     Keeps the whole history of every layer's input instead of a ring buffer: an independent check of the
     state bookkeeping the edge runtime does with ring buffers.
     """
-    import numpy as np
-
     cfg = model.config
     weights = step_weights(model)
     step = make_step_function(cfg, weights, batch=1)

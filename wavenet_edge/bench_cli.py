@@ -111,7 +111,7 @@ def bench(models, seconds, runs, threads_text, device, streams, baselines, basel
                        f"({base['speedup_vs_tf_step']:.1f}x slower), naive {base['naive_us_per_sample']:.0f} µs/sample "
                        f"({base['speedup_vs_naive']:.0f}x slower)")
     if json_out:
-        tmp = Path(json_out).with_name(f".{Path(json_out).name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        os.replace(tmp, json_out)
+        from edge_runtime.wavio import write_text_atomic
+
+        write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
         click.echo(f"wrote {json_out}", err=True)

@@ -27,8 +27,6 @@ def _load_mel(path: str) -> np.ndarray:
 
 def _example_wav(synth, speaker) -> str:
     """A shipped example recording of the requested speaker (any example for models without speakers)."""
-    from pathlib import Path
-
     from edge_runtime.corpus import speaker_of
     from edge_runtime.errors import InputError
     from edge_runtime.synth import example_clips
@@ -41,7 +39,7 @@ def _example_wav(synth, speaker) -> str:
         regex = synth.manifest.data.get("data", {}).get("speaker_regex")
         clips = [p for p in clips if regex and speaker_of(p, p.parent, regex) == name] or clips
     click.echo(f"input: example recording {clips[0].name} (give --wav to resynthesise your own)", err=True)
-    return str(Path(clips[0]))
+    return str(clips[0])
 
 
 def _source(synth, wav, mel, seconds, speaker):
