@@ -236,8 +236,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         arrays.update({f"classes_{i}": u.classes, f"speaker_{i}": np.int32(u.speaker), f"reference_{i}": ref})
         if u.mel is not None:
             arrays[f"mel_{i}"] = u.mel
-    np.savez(cases, **arrays)
     try:
+        np.savez(cases, **arrays)
         for variant in variants:
             folder = tmp / variant if quantize == "all" else tmp
             log(f"converting {variant} ...")

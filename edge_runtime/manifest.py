@@ -90,9 +90,26 @@ class Manifest:
         return list(self.config.get("speakers") or [])
 
 
+# What a field of the wrong type or shape raises somewhere in the checks: all mean "malformed manifest".
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, OverflowError, AttributeError)
+
+
 def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
-    """Reads and checks ``folder/manifest.json``; with ``verify`` every file's sha256 is checked too."""
-    folder = Path(folder)
+    """Reads and checks ``folder/manifest.json``; with ``verify`` every file's sha256 is checked too.
+
+    Raises:
+        ModelError: the folder, the manifest or a file it names is missing, malformed or changed.
+    """
+    try:
+        return _load_manifest(Path(folder), verify)
+    except ModelError:
+        raise
+    except MALFORMED as e:
+        raise ModelError(f"{Path(folder) / MANIFEST} is malformed ({type(e).__name__}: {e})") from None
+
+
+def _load_manifest(folder: Path, verify: bool) -> Manifest:
+    """The checks of :func:`load_manifest`."""
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     path = folder / MANIFEST

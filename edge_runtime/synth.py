@@ -10,74 +10,19 @@ utterance: inputs keep their values between invokes); it returns the logits and 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from edge_runtime.audio import mu_law_decode
-from edge_runtime.errors import InputError, ModelError
-from edge_runtime.interpreter import make_interpreter
-from edge_runtime.manifest import Manifest, load_manifest
+from edge_runtime.errors import EdgeError, InputError, ModelError
+from edge_runtime.graph import Graph
+from edge_runtime.manifest import MALFORMED, Manifest, load_manifest
 
 SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
-
-
-class Port:
-    """One graph input or output, resolved by signature name, with its quantization read from the model."""
-
-    def __init__(self, detail: dict):
-        self.index, self.dtype = detail["index"], np.dtype(detail["dtype"])
-        self.shape = tuple(int(n) for n in detail["shape"])
-        scale, zero = detail["quantization"]
-        self.quantized = self.dtype == np.int8
-        if self.quantized and scale == 0:
-            raise ModelError(f"int8 tensor {detail.get('name')} has no quantization scale")
-        self.scale, self.zero = float(scale) if self.quantized else 1.0, int(zero) if self.quantized else 0
-
-    def quantize(self, x: np.ndarray) -> np.ndarray:
-        """Float values -> this port's dtype, C-contiguous (``set_tensor`` reads raw memory, ignoring strides)."""
-        if not self.quantized:
-            return np.ascontiguousarray(x, np.float32)
-        return np.clip(np.round(np.asarray(x, np.float32) / self.scale) + self.zero, -128, 127).astype(np.int8)
-
-    def dequantize(self, q: np.ndarray) -> np.ndarray:
-        """This port's values -> float32."""
-        if not self.quantized:
-            return np.asarray(q, np.float32)
-        return (q.astype(np.float32) - self.zero) * self.scale
-
-
-class Graph:
-    """An interpreter with its signature's ports resolved once (the hot loop then uses tensor indices)."""
-
-    def __init__(self, path: Path, device: str, threads: int, expected_inputs: set[str], expected_outputs: set[str]):
-        self.interpreter = make_interpreter(path, device=device, threads=threads)
-        signatures = self.interpreter.get_signature_list()
-        if len(signatures) != 1:
-            raise ModelError(f"{path.name} must hold exactly one signature, found {sorted(signatures)}")
-        runner = self.interpreter.get_signature_runner(next(iter(signatures)))
-        self.inputs = {k: Port(v) for k, v in runner.get_input_details().items()}
-        self.outputs = {k: Port(v) for k, v in runner.get_output_details().items()}
-        if set(self.inputs) != expected_inputs or set(self.outputs) != expected_outputs:
-            raise ModelError(f"{path.name} has inputs {sorted(self.inputs)} and outputs {sorted(self.outputs)}; "
-                             f"the manifest expects {sorted(expected_inputs)} -> {sorted(expected_outputs)}")
-
-    def bind(self) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
-        """Numpy views of every port's buffer, and a raw invoke: a hot loop then copies nothing through Python.
-
-        The public ``invoke()`` refuses to run while views into the interpreter exist, because resizing a tensor
-        may move the buffers. Our graphs have static shapes and are never resized after ``allocate_tensors``, so
-        their buffers stay put and the views stay valid (measured, `s` dynamic: 1.3 µs per sample less than
-        ``set_tensor``/``get_tensor``). After ``bind`` only the returned invoke may run this interpreter.
-        """
-        raw = getattr(self.interpreter, "_interpreter", None)
-        if raw is None or not hasattr(raw, "Invoke"):
-            raise ModelError("this TFLite interpreter build offers no raw invoke (use ai-edge-litert)")
-        tensor = self.interpreter.tensor
-        views = {name: tensor(port.index)() for name, port in {**self.inputs, **self.outputs}.items()}
-        return views, raw.Invoke
 
 
 class Synthesizer:
@@ -87,6 +32,8 @@ class Synthesizer:
         self.manifest = manifest
         cfg = self.config = manifest.config
         self.sample_rate, self.classes = int(cfg["sample_rate"]), int(cfg["mu_classes"])
+        if not (1000 <= self.sample_rate <= 192_000 and 2 <= self.classes <= 65536):
+            raise ModelError(f"implausible sample rate {self.sample_rate} or class count {self.classes} in the manifest")
         self.use_mel, self.use_speaker = cfg["n_mels"] > 0, cfg["speaker_dim"] > 0
         self.batch = int(manifest.data["batch"])
         wanted = {"state"} | ({"cond"} if self.use_mel else set()) | ({"speaker_bias"} if self.use_speaker else set())
@@ -94,7 +41,10 @@ class Synthesizer:
         ins, outs = self.step.inputs, self.step.outputs
         layout = np.asarray(manifest.data["state"]["rows"], np.int64).reshape(-1, 2)  # (layer, delay) per row
         n_layers, channels = len(cfg_dilations(cfg)), int(cfg["residual_channels"])
-        if (layout.shape[0] < 2 or tuple(layout[0]) != (0, 0) or ins["state"].shape != (layout.shape[0] * self.batch, channels)
+        in_range = layout.size and 0 <= layout.min() and layout[:, 0].max() < n_layers and layout[:, 1].max() <= max(
+            cfg_dilations(cfg))  # rows index the history: out-of-range values would read outside it
+        if (not in_range or layout.shape[0] < 2 or tuple(layout[0]) != (0, 0)
+                or ins["state"].shape != (layout.shape[0] * self.batch, channels)
                 or outs["new_state"].shape != ((n_layers - 1) * self.batch, channels)):
             raise ModelError(f"{manifest.step_path.name}: tensor shapes do not match the manifest's state layout")
         gates = int(cfg["gate_channels"])
@@ -126,7 +76,13 @@ class Synthesizer:
         """Loads (and checksums) a model folder; ``None`` means the model shipped with the package."""
         if model_dir is None:
             model_dir = default_model_dir()
-        return cls(load_manifest(model_dir), device=device, threads=threads)
+        manifest = load_manifest(model_dir)
+        try:
+            return cls(manifest, device=device, threads=threads)
+        except EdgeError:
+            raise
+        except MALFORMED as e:  # a field missing or of the wrong type
+            raise ModelError(f"{manifest.folder / 'manifest.json'} is malformed ({type(e).__name__}: {e})") from None
 
     # ---------------------------------------------------------------------------------------------- state
     def speaker_index(self, speaker: int | str | None) -> int:
@@ -252,7 +208,7 @@ class Synthesizer:
 
     # ---------------------------------------------------------------------------------------------- public API
     def stream(self, mel: np.ndarray | Iterable[np.ndarray] | None = None, speaker: int | str | None = None,
-               temperature: float = 0.7, seed: int | None = None, seconds: float | None = None,
+               temperature: float = 0.5, seed: int | None = None, seconds: float | None = None,
                block: int = 512) -> Iterator[np.ndarray]:
         """Generates audio, yielding float32 chunks as soon as their conditioning is available.
 
@@ -260,8 +216,9 @@ class Synthesizer:
             mel: log-mel frames [F, n_mels], or an iterable of frames ([n_mels]) or blocks ([k, n_mels]) as they
                 arrive (the conditioner needs a few frames of lookahead, given in the manifest).
             speaker: a speaker name or index (multi-speaker models; default the first).
-            temperature: sampling temperature (0 = always the most likely sample; 0.7 scored best for the
-                shipped model on PESQ, STOI and log-mel distance, 1.0 samples the model's own distribution).
+            temperature: sampling temperature (0 = always the most likely sample; 0.5 scored best for the
+                shipped model: PESQ and log-mel distance peak there, STOI rises a little further below it;
+                1.0 samples the model's own distribution).
             seed: seeds the sampling noise; the same seed gives the same audio however ``mel`` is chunked.
             seconds: for models without local conditioning, how much audio to generate.
             block: the most samples per yielded chunk.
@@ -271,6 +228,8 @@ class Synthesizer:
         """
         if not np.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
         self.reset(speaker)
         rng = np.random.default_rng(seed)
         squeeze = (lambda a: a[:, 0]) if self.batch == 1 else (lambda a: a)  # noqa: E731
@@ -288,8 +247,8 @@ class Synthesizer:
             return
         if mel is not None:
             raise InputError("this model has no local conditioning: use --seconds instead of mel frames")
-        if seconds is None or not seconds > 0:
-            raise InputError("give a positive number of seconds to generate")
+        if seconds is None or not 0 < seconds < math.inf:
+            raise InputError(f"give a finite positive number of seconds to generate, got {seconds}")
         remaining = int(round(seconds * self.sample_rate))
         while remaining > 0:
             n = min(block, remaining)
@@ -395,7 +354,11 @@ class Conditioner:
 
 def cfg_dilations(cfg: dict) -> list[int]:
     """Dilation of every layer from a config dict (the manifest also lists them)."""
-    return [2**i for i in range(cfg["layers_per_stack"])] * cfg["stacks"]
+    per_stack, stacks = cfg["layers_per_stack"], cfg["stacks"]
+    # Bounds before building anything: a damaged manifest must not ask for 2**31 layers (a hang, found by fuzzing).
+    if not (isinstance(per_stack, int) and isinstance(stacks, int) and 1 <= per_stack <= 16 and 1 <= stacks <= 64):
+        raise ModelError(f"implausible layer counts in the manifest: {stacks} stacks x {per_stack} layers")
+    return [2**i for i in range(per_stack)] * stacks
 
 
 def example_clips() -> list[Path]:

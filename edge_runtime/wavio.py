@@ -94,6 +94,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_partials(path: Path) -> None:
+    """Deletes ``.NAME.partial-PID`` files next to ``path`` whose process is gone (a SIGKILLed earlier run)."""
+    try:
+        siblings = list(path.parent.glob(f".{glob_escape(path.name)}.partial-*"))
+    except OSError:
+        return  # an unreadable folder: the writer's own open() reports it
+    for partial in siblings:
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters made literal."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 class AtomicWavWriter:
     """Streams 16-bit PCM into ``OUT.partial-PID`` and renames it to ``OUT`` on :meth:`close`.
 
@@ -102,7 +129,10 @@ class AtomicWavWriter:
 
     def __init__(self, path: str | os.PathLike, rate: int):
         self.path, self.rate, self.count = Path(path), rate, 0
+        if not self.path.name or self.path.is_dir():
+            raise InputError(f"cannot write {str(path)!r}: give a file name, not a folder")
         self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        remove_stale_partials(self.path)
         try:
             self.file = open(self.tmp, "wb")
             self.file.write(wav_header(rate, 0))
@@ -133,5 +163,9 @@ class AtomicWavWriter:
 
     def abort(self) -> None:
         """Drops the partial file."""
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.file.close()
+        except OSError:
+            pass  # closing flushes what is buffered, which fails as the write did; the file goes anyway
+        finally:
+            self.tmp.unlink(missing_ok=True)

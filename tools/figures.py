@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"))
     parser.add_argument("--model", type=Path, default=None, help="Model folder (default: the shipped model).")
     parser.add_argument("--clip", type=Path, default=None, help="Recording (default: the lucas example).")
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     model = args.model or default_model_dir()

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="Folder of held-out recordings.")
     parser.add_argument("--files", default=None, help="Only files whose name matches this regex.")
     parser.add_argument("--speaker-regex", default=None, help="Default: the one the model was trained with.")
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--seeds", default="0,1", help="Sampling seeds, averaged.")
     parser.add_argument("--griffin-lim-iterations", type=int, default=100)
     parser.add_argument("--nll", action="store_true", help="Also each model's teacher-forced NLL.")

@@ -45,10 +45,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # disk full, file-size limit, read-only folder: the checkpoint stays a .tmp- folder
+        raise CheckpointError(f"cannot write checkpoint file {path}: {e.strerror or e}") from None
+
+
+def _remove_folder(path: Path) -> None:
+    """Deletes a checkpoint folder so that a kill midway never leaves a partial ``ckpt-*`` behind.
+
+    ``rmtree`` unlinks file by file; renaming to a ``.tmp-`` name first (atomic) hides the folder from
+    :func:`checkpoints` before any file goes, and :func:`clean_temporaries` finishes the job after a kill.
+    """
+    doomed = path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed)
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -95,6 +109,8 @@ def save_checkpoint(run_dir: Path, step: int, model_vars, ema_vars, optimizer_va
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{CKPT_PREFIX}{step:08d}"
+    if final.exists():  # same step saved twice (interrupted right after a periodic save): same weights, keep it
+        return final
     tmp = folder / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -104,8 +120,6 @@ def save_checkpoint(run_dir: Path, step: int, model_vars, ema_vars, optimizer_va
     _save_npz(tmp / "optimizer.npz", {f"{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(optimizer_vars)})
     write_json_atomic(tmp / "state.json", {"step": step, **state})
     _fsync_dir(tmp)
-    if final.exists():  # same step saved twice (e.g. interrupted right after a periodic save)
-        shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(folder)
     return final
@@ -125,7 +139,7 @@ def prune(run_dir: Path, keep: int, best_step: int | None) -> None:
     ckpts = checkpoints(run_dir)
     for ckpt in ckpts[:-keep]:
         if step_of(ckpt) != best_step:
-            shutil.rmtree(ckpt)
+            _remove_folder(ckpt)
 
 
 def read_state(ckpt: Path) -> dict:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from tokenize import TokenError
 
 import click
 import numpy as np
@@ -13,12 +16,17 @@ import numpy as np
 from wavenet_edge.common import clean_errors
 
 
+def _terminated(signum, frame):
+    """SIGTERM unwinds like Ctrl-C (partial outputs removed) and exits 143, the shell's code for it."""
+    raise SystemExit(128 + signum)
+
+
 def _load_mel(path: str) -> np.ndarray:
     from edge_runtime.errors import InputError
 
     try:
         mel = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, SyntaxError, TokenError) as e:  # numpy parses the header as Python literals
         raise InputError(f"cannot read mel file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if mel.ndim != 2 or not np.issubdtype(mel.dtype, np.floating):
         raise InputError(f"{path}: mel must be a float array [frames, n_mels], got {mel.dtype} {mel.shape}")
@@ -56,6 +64,8 @@ def _source(synth, wav, mel, seconds, speaker):
             raise InputError("this model has no local conditioning: use --seconds N")
         wav = _example_wav(synth, speaker)
     if seconds is not None:
+        if not 0 < seconds < float("inf"):
+            raise InputError(f"--seconds must be a finite positive number, got {seconds}")
         return None, seconds, int(round(seconds * synth.sample_rate))
     if not synth.use_mel:
         raise InputError("this model has no local conditioning: use --seconds N")
@@ -77,8 +87,8 @@ def _source(synth, wav, mel, seconds, speaker):
 @click.option("--mel", type=click.Path(), help="Log-mel frames as .npy [frames, n_mels].")
 @click.option("--seconds", type=float, help="Free generation (models without local conditioning).")
 @click.option("--speaker", default=None, help="Speaker name or index (multi-speaker models; default the first).")
-@click.option("--temperature", default=0.7, show_default=True, type=float,
-              help="Sampling temperature (0: most likely sample; 0.7 scored best for the shipped model).")
+@click.option("--temperature", default=0.5, show_default=True, type=float,
+              help="Sampling temperature (0: most likely sample; 0.5 scored best for the shipped model).")
 @click.option("--seed", default=None, type=int, help="Seed for reproducible audio.")
 @click.option("--out", type=click.Path(), help="Write a 16-bit WAV (atomically).")
 @click.option("--play", is_flag=True, help="Play through the default sound device while synthesising.")
@@ -95,6 +105,8 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
 
     if sum([out is not None, play, raw]) != 1:
         raise InputError("give exactly one of --out FILE, --play or --raw")
+    if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread only
+        signal.signal(signal.SIGTERM, _terminated)  # so that `kill` (not only Ctrl-C) drops the partial output
     t_load = time.perf_counter()
     synthesizer = Synthesizer.load(model_dir, device=device, threads=threads)
     frames, secs, total = _source(synthesizer, wav, mel, seconds, speaker)
@@ -136,6 +148,8 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
+        except OSError as e:  # e.g. ENOSPC when stdout is a file on a full disk
+            raise InputError(f"cannot write to standard output: {e.strerror or e}") from None
     else:
         from edge_runtime.playback import Player
 

@@ -20,7 +20,14 @@ def no_tensorflow_here():
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
-    """The trained and exported tiny models of build_fixture.py (about a minute, once per session)."""
+    """The trained and exported tiny models of build_fixture.py (about a minute, once per session).
+
+    ``WAVENET_EDGE_TEST_MODELS=DIR`` (a previous ``build_fixture.py DIR`` output) uses that folder instead: for
+    machines without TensorFlow, e.g. tools/arm64_check.sh's emulated arm64 root. Tests may read it, never write it."""
+    given = os.environ.get("WAVENET_EDGE_TEST_MODELS")
+    if given:
+        assert (Path(given) / "reference.npz").is_file(), f"{given}: not a build_fixture.py output"
+        return Path(given)
     out = tmp_path_factory.mktemp("edge")
     result = subprocess.run([sys.executable, str(HERE / "build_fixture.py"), str(out)], capture_output=True,
                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=900)
