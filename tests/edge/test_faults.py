@@ -98,6 +98,7 @@ def test_full_disk_read_only_folder_and_file_size_limit(built, clip_path, tmp_pa
 
 PLAYER = r"""
 import json, sys, time
+import numpy as np
 from edge_runtime.playback import Player
 
 def chunks():  # 1.5 s of tone; synthesis "stalls" for 1 s after 0.5 s of audio
