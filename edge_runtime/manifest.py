@@ -7,6 +7,7 @@ graphs are TFLite flatbuffers run by the interpreter.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import ModelError
+from edge_runtime.errors import EdgeError, ModelError
 
 FORMAT = "wavenet-edge"
 FORMAT_VERSION = 1
@@ -94,18 +95,25 @@ class Manifest:
 MALFORMED = (KeyError, IndexError, TypeError, ValueError, OverflowError, AttributeError)
 
 
+@contextlib.contextmanager
+def malformed_is_model_error(folder: Path):
+    """Turns an error from a missing or mistyped manifest field, raised by any check inside, into a ModelError."""
+    try:
+        yield
+    except EdgeError:
+        raise
+    except MALFORMED as e:
+        raise ModelError(f"{folder / MANIFEST} is malformed ({type(e).__name__}: {e})") from None
+
+
 def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     """Reads and checks ``folder/manifest.json``; with ``verify`` every file's sha256 is checked too.
 
     Raises:
         ModelError: the folder, the manifest or a file it names is missing, malformed or changed.
     """
-    try:
+    with malformed_is_model_error(Path(folder)):
         return _load_manifest(Path(folder), verify)
-    except ModelError:
-        raise
-    except MALFORMED as e:
-        raise ModelError(f"{Path(folder) / MANIFEST} is malformed ({type(e).__name__}: {e})") from None
 
 
 def _load_manifest(folder: Path, verify: bool) -> Manifest:

@@ -18,9 +18,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edge_runtime.audio import mu_law_decode
-from edge_runtime.errors import EdgeError, InputError, ModelError
+from edge_runtime.errors import InputError, ModelError
 from edge_runtime.graph import Graph
-from edge_runtime.manifest import MALFORMED, Manifest, load_manifest
+from edge_runtime.manifest import Manifest, load_manifest, malformed_is_model_error
 
 SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
 
@@ -40,9 +40,10 @@ class Synthesizer:
         self.step = Graph(manifest.step_path, device, threads, wanted, {"logits", "new_state"})
         ins, outs = self.step.inputs, self.step.outputs
         layout = np.asarray(manifest.data["state"]["rows"], np.int64).reshape(-1, 2)  # (layer, delay) per row
-        n_layers, channels = len(cfg_dilations(cfg)), int(cfg["residual_channels"])
-        in_range = layout.size and 0 <= layout.min() and layout[:, 0].max() < n_layers and layout[:, 1].max() <= max(
-            cfg_dilations(cfg))  # rows index the history: out-of-range values would read outside it
+        dilations = cfg_dilations(cfg)
+        n_layers, channels = len(dilations), int(cfg["residual_channels"])
+        # rows index the history: out-of-range values would read outside it
+        in_range = layout.size and 0 <= layout.min() and layout[:, 0].max() < n_layers and layout[:, 1].max() <= max(dilations)
         if (not in_range or layout.shape[0] < 2 or tuple(layout[0]) != (0, 0)
                 or ins["state"].shape != (layout.shape[0] * self.batch, channels)
                 or outs["new_state"].shape != ((n_layers - 1) * self.batch, channels)):
@@ -77,12 +78,8 @@ class Synthesizer:
         if model_dir is None:
             model_dir = default_model_dir()
         manifest = load_manifest(model_dir)
-        try:
+        with malformed_is_model_error(manifest.folder):  # fields the synthesizer reads, e.g. the state layout
             return cls(manifest, device=device, threads=threads)
-        except EdgeError:
-            raise
-        except MALFORMED as e:  # a field missing or of the wrong type
-            raise ModelError(f"{manifest.folder / 'manifest.json'} is malformed ({type(e).__name__}: {e})") from None
 
     # ---------------------------------------------------------------------------------------------- state
     def speaker_index(self, speaker: int | str | None) -> int:

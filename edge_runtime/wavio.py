@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import struct
 from pathlib import Path
@@ -97,18 +98,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def remove_stale_partials(path: Path) -> None:
     """Deletes ``.NAME.partial-PID`` files next to ``path`` whose process is gone (a SIGKILLed earlier run)."""
     try:
-        siblings = list(path.parent.glob(f".{glob_escape(path.name)}.partial-*"))
+        siblings = list(path.parent.glob(f".{glob.escape(path.name)}.partial-*"))
     except OSError:
         return  # an unreadable folder: the writer's own open() reports it
     for partial in siblings:
         pid = partial.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             partial.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob metacharacters made literal."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _alive(pid: int) -> bool:
