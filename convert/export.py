@@ -15,6 +15,7 @@ that looks like a model folder.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -26,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.errors import WavenetEdgeError
 from edge_runtime.evaluate import log_softmax, nll_nats
+from edge_runtime.files import portable_path, remove_stale_temporaries
 from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array, sha256_file
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
@@ -34,7 +37,7 @@ from training.config import Config, receptive_field
 DEFAULT_CHUNK_FRAMES = 4  # small: streamed mel input waits for chunk + 2 × context frames
 
 
-class ExportError(ValueError):
+class ExportError(WavenetEdgeError):
     """The export cannot be done as asked (the message says why)."""
 
 
@@ -47,11 +50,11 @@ def validation_utterances(run_dir: Path, config: Config, data_dir: str | None):
     if data_dir:
         return load_utterances(data_dir, config, regex)
     if not info.get("data_dir") or not Path(info["data_dir"]).is_dir():
-        raise ExportError(f"the run's data folder {info.get('data_dir')!r} is not here: give --calibration-data DIR")
+        raise ExportError(f"the run's data folder {info.get('data_dir')!r} is not here: name a folder of calibration recordings")
     corpus = load_corpus(info["data_dir"], config, speaker_regex=regex, val_regex=info.get("val_regex"),
                          val_fraction=info.get("val_fraction", 0.05))
     if not corpus.val:
-        raise ExportError("the run has no validation files: give --calibration-data DIR")
+        raise ExportError("the run has no validation files: name a folder of calibration recordings")
     return corpus.val
 
 
@@ -62,7 +65,7 @@ def calibration_samples(model, utterances, weights: dict, batch: int, count: int
     through validation audio produces, at random time steps.
     """
     from training.evaluate import utterance_inputs
-    from training.model import state_layout
+    from training.step import gate_inputs, state_layout
 
     cfg = model.config
     rng = np.random.default_rng(seed)
@@ -73,25 +76,23 @@ def calibration_samples(model, utterances, weights: dict, batch: int, count: int
         inputs = utterance_inputs(u, cfg)
         _, xs, c = model.trunk(inputs)
         xs = np.stack([x.numpy()[0] for x in xs], axis=1)  # [T, L, R]
-        c = None if c is None else c.numpy()[0]
+        gates = gate_inputs(cfg, weights, None if c is None else c.numpy()[0], u.speaker)  # [T, L, G] or [L, G]
         for t in rng.integers(0, u.num_samples - 1, size=per_utt):
             # row (l, d): layer l's input d steps ago (row (0, 0) is the current sample's embedding)
             state = np.stack([xs[t - d, l] if t >= d else np.zeros(cfg.residual_channels, np.float32)
                               for l, d in layout])  # [rows, R]
             sample = {"state": state}
-            if c is not None:
-                sample["cond"] = c[t]
-            if cfg.use_speaker:
-                sample["speaker_bias"] = weights["speaker_bias"][u.speaker]  # [L, G]
+            if gates is not None:
+                sample["cond"] = gates[t] if cfg.use_mel else gates  # [L, G]
             rows.append(sample)
     rng.shuffle(rows)
 
     def batched():
-        # streams side by side within each row: [rows, B, R] -> [rows * B, R]; cond [B, C]
+        # streams side by side within each row: [rows, B, R] -> [rows * B, R]; cond [L, B, G] -> [L * B, G]
         for i in range(0, len(rows) - batch + 1, batch):
             group = rows[i:i + batch]
-            out = {k: np.stack([g[k] for g in group], axis=1 if k != "cond" else 0) for k in group[0]}
-            yield {k: (v.reshape(-1, v.shape[-1]) if k != "cond" else v).astype(np.float32) for k, v in out.items()}
+            out = {k: np.stack([g[k] for g in group], axis=1) for k in group[0]}
+            yield {k: v.reshape(-1, v.shape[-1]).astype(np.float32) for k, v in out.items()}
 
     return batched
 
@@ -113,23 +114,26 @@ def port_info(model_bytes: bytes) -> dict:
             "outputs": describe(runner.get_output_details())}
 
 
-def conditioner_graph(model, batch: int, chunk_frames: int) -> bytes | None:
+def conditioner_graph(model, weights: dict, batch: int, chunk_frames: int) -> bytes | None:
     """The conditioner graph (None without local conditioning), converted once for every variant.
 
     It runs once per chunk of frames, not per sample, so float32 keeps it exact and cheap.
     """
     from convert.tflite import convert
-    from training.model import make_conditioner_function
+    from training.step import make_conditioner_function
 
-    return convert(make_conditioner_function(model, batch, chunk_frames), "float32") if model.config.use_mel else None
+    if not model.config.use_mel:
+        return None
+    return convert(make_conditioner_function(model, weights, batch, chunk_frames), "float32")
 
 
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
-                       cond_bytes: bytes | None, calibration, source: dict) -> None:
+                       cond_bytes: bytes | None, calibration, source: dict, sampling: dict | None = None) -> None:
     """Converts the step graph for one variant and writes it, the conditioner and the manifest into ``folder``."""
     from convert.tflite import convert
     from edge_runtime.interpreter import graph_details
-    from training.model import conditioning_context, make_step_function, state_layout
+    from training.model import conditioning_context
+    from training.step import make_step_function, state_layout
 
     import tensorflow as tf
 
@@ -154,9 +158,13 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                   "layout": "state[row * B + b, c] = channel c of stream b's input of layer rows[row][0] from "
                             "rows[row][1] steps ago (row 0: the current sample's embedding); "
                             "new_state[(l - 1) * B + b, c] = layer l's current input, l = 1..L-1; "
-                            "speaker_bias[l * B + b, g]"},
+                            "cond[l * B + b, g] = layer l's gate input for stream b: the conditioner's channel "
+                            "l * G + g (of the sample being predicted) + tables.speaker_bias[speaker, l, g]"},
         "step": {"file": "step.tflite", "ops": graph_details(step_bytes)[0], **port_info(step_bytes)},
         "conditioner": conditioner,
+        # the runtime de-emphasises the model's samples when it was trained on pre-emphasised audio
+        "postfilter": {"type": "deemphasis", "coefficient": cfg.preemphasis} if cfg.preemphasis else None,
+        "sampling": sampling or {},
         "tables": {"embedding": encode_array(weights["embedding"].astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None
                    else encode_array(weights["speaker_bias"].astype(np.float32))},
@@ -184,7 +192,8 @@ def quality(folder: Path, cases: Path) -> dict:
 
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str = "dynamic", *, batch: int = 1,
            checkpoint: str = "best", calibration_data: str | None = None, force: bool = False,
-           chunk_frames: int = DEFAULT_CHUNK_FRAMES, eval_samples: int = 200_000, log=print) -> dict:
+           chunk_frames: int = DEFAULT_CHUNK_FRAMES, eval_samples: int = 200_000, temperature: float | None = None,
+           log=print) -> dict:
     """Exports one or all variants of a run's checkpoint (EMA weights); returns the quality report.
 
     Args:
@@ -197,69 +206,43 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         force: replace an existing ``out_dir``.
         chunk_frames: mel frames per conditioner call.
         eval_samples: at most this many samples scored per variant for the report.
+        temperature: the sampling temperature to recommend in the manifest (chosen by listening tests or the
+            quality report; the runtime's default when a caller gives none).
         log: where progress lines go.
     """
-    from convert.tflite import VARIANTS
-    from training.evaluate import utterance_inputs
-    from training.model import step_weights
+    from training.step import step_weights
 
     out_dir = Path(out_dir)
-    variants = list(VARIANTS) if quantize == "all" else [quantize]
-    if any(v not in VARIANTS for v in variants):
-        raise ExportError(f"unknown --quantize {quantize!r}; choose {', '.join(VARIANTS)} or all")
-    if batch < 1 or chunk_frames < 1:
-        raise ExportError("--batch and the chunk size must be >= 1")
-    if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir} exists: choose a new folder or pass --force to replace it")
+    variants = check_request(out_dir, quantize, batch, chunk_frames, temperature, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir)  # left by killed exports (their process is gone)
     model, config, ckpt = load_model(run_dir, checkpoint)
     utterances = validation_utterances(Path(run_dir), config, calibration_data)
     weights = step_weights(model)
     calibration = calibration_samples(model, utterances, weights, batch) if "int8" in variants else None
-    cond_bytes = conditioner_graph(model, batch, chunk_frames)
-    scored = []
-    for u in utterances:
-        if sum(s.num_samples for s in scored) >= eval_samples:
-            break
-        scored.append(u)
-    reference = [model(utterance_inputs(u, config)).numpy()[0, :-1] for u in scored]
-    source = {"run": str(Path(run_dir).resolve()), "checkpoint": ckpt.name, "step": read_state(ckpt)["step"],
-              "weights": "ema", "data": read_run_info(Path(run_dir)).get("data", {})}
+    cond_bytes = conditioner_graph(model, weights, batch, chunk_frames)
+    scored, reference = reference_logits(model, utterances, eval_samples)
+    source = {"run": Path(run_dir).resolve().name,  # the run folder's name: no path of the build machine
+              "checkpoint": ckpt.name, "step": read_state(ckpt)["step"],
+              "weights": "ema", "data": portable_data(read_run_info(Path(run_dir)).get("data", {}))}
+    sampling = {} if temperature is None else {"temperature": float(temperature)}
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     report = {"run": source["run"], "checkpoint": ckpt.name, "batch": batch, "variants": {}}
     cases = out_dir.with_name(f".{out_dir.name}.cases-{os.getpid()}.npz")
-    arrays = {}
-    for i, (u, ref) in enumerate(zip(scored, reference)):
-        arrays.update({f"classes_{i}": u.classes, f"speaker_{i}": np.int32(u.speaker), f"reference_{i}": ref})
-        if u.mel is not None:
-            arrays[f"mel_{i}"] = u.mel
+    folders = {v: tmp / v if quantize == "all" else tmp for v in variants}
     try:
-        np.savez(cases, **arrays)
-        for variant in variants:
-            folder = tmp / variant if quantize == "all" else tmp
+        write_cases(cases, scored, reference)
+        for variant, folder in folders.items():
             log(f"converting {variant} ...")
-            write_model_folder(folder, model, weights, variant, batch, chunk_frames, cond_bytes, calibration, source)
-            if batch == 1:
-                report["variants"][variant] = quality(folder, cases)
-            else:
-                sizes = {p.name: p.stat().st_size for p in sorted(folder.glob("*.tflite"))}
-                report["variants"][variant] = {"file_bytes": sizes, "note": "quality is measured on batch-1 exports"}
-        ref = {"nll_bits_per_sample": float(sum(nll_nats(log_softmax(r), u.classes) for r, u in zip(reference, scored))
-                                            / sum(r.shape[0] for r in reference) / np.log(2)),
-               "samples": sum(r.shape[0] for r in reference)}
-        report["tensorflow_float32"] = ref
-        for variant, r in report["variants"].items():
-            if "nll_bits_per_sample" in r:
-                r["nll_ratio_to_tf_float32"] = r["nll_bits_per_sample"] / ref["nll_bits_per_sample"]
-        for folder in ([tmp / v for v in variants] if quantize == "all" else [tmp]):
-            variant = folder.name if quantize == "all" else variants[0]
-            (folder / "report.json").write_text(json.dumps({**report, "variants": {variant: report["variants"][variant]}},
-                                                           indent=2) + "\n")
-        if quantize == "all":
-            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            write_model_folder(folder, model, weights, variant, batch, chunk_frames, cond_bytes, calibration, source,
+                               sampling)
+            report["variants"][variant] = quality(folder, cases) if batch == 1 else {
+                "file_bytes": {p.name: p.stat().st_size for p in sorted(folder.glob("*.tflite"))},
+                "note": "quality is measured on batch-1 exports"}
+        add_reference(report, scored, reference)
+        write_reports(report, folders, tmp if quantize == "all" else None)
         replace_folder(tmp, out_dir)
     finally:
         cases.unlink(missing_ok=True)
@@ -268,12 +251,67 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
     return report
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Deletes temporary siblings of ``out_dir`` left by killed exports (their process is gone)."""
-    for p in out_dir.parent.glob(f".{out_dir.name}.*-*"):
-        pid = p.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+def check_request(out_dir: Path, quantize: str, batch: int, chunk_frames: int, temperature: float | None,
+                  force: bool) -> list[str]:
+    """The variants to build; raises ExportError (before anything is read or written) for a bad request."""
+    from convert.tflite import VARIANTS
+
+    variants = list(VARIANTS) if quantize == "all" else [quantize]
+    if any(v not in VARIANTS for v in variants):
+        raise ExportError(f"unknown quantization {quantize!r}; choose {', '.join(VARIANTS)} or all")
+    if batch < 1 or chunk_frames < 1:
+        raise ExportError("the batch and the chunk size must be >= 1")
+    if temperature is not None and not 0 <= temperature < 100:
+        raise ExportError(f"the recommended temperature must be in [0, 100), got {temperature}")
+    if out_dir.exists() and not force:
+        raise ExportError(f"{out_dir} exists: choose a new folder or replace it")
+    return variants
+
+
+def reference_logits(model, utterances, eval_samples: int):
+    """The first utterances (up to ``eval_samples`` samples) and the float32 TF model's logits for them."""
+    from training.evaluate import utterance_inputs
+
+    scored = []
+    for u in utterances:
+        if sum(s.num_samples for s in scored) >= eval_samples:
+            break
+        scored.append(u)
+    return scored, [model(utterance_inputs(u, model.config)).numpy()[0, :-1] for u in scored]
+
+
+def write_cases(path: Path, scored, reference) -> None:
+    """The scoring cases for the TF-free quality subprocess (classes, mel, speaker, reference logits)."""
+    arrays = {}
+    for i, (u, ref) in enumerate(zip(scored, reference)):
+        arrays.update({f"classes_{i}": u.classes, f"speaker_{i}": np.int32(u.speaker), f"reference_{i}": ref})
+        if u.mel is not None:
+            arrays[f"mel_{i}"] = u.mel
+    np.savez(path, **arrays)
+
+
+def add_reference(report: dict, scored, reference) -> None:
+    """The TF float32 NLL of the scored utterances, and each variant's ratio to it."""
+    samples = sum(r.shape[0] for r in reference)
+    nats = sum(nll_nats(log_softmax(r), u.classes) for r, u in zip(reference, scored))
+    report["tensorflow_float32"] = {"nll_bits_per_sample": float(nats / samples / np.log(2)), "samples": samples}
+    for r in report["variants"].values():
+        if "nll_bits_per_sample" in r:
+            r["nll_ratio_to_tf_float32"] = r["nll_bits_per_sample"] / report["tensorflow_float32"]["nll_bits_per_sample"]
+
+
+def write_reports(report: dict, folders: dict[str, Path], all_folder: Path | None) -> None:
+    """Each variant folder's ``report.json`` (its own variant), and the whole report beside them with ``all``."""
+    for variant, folder in folders.items():
+        (folder / "report.json").write_text(json.dumps({**report, "variants": {variant: report["variants"][variant]}},
+                                                       indent=2) + "\n")
+    if all_folder is not None:
+        (all_folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def portable_data(data: dict, base: str | os.PathLike | None = None) -> dict:
+    """A run's data description without an absolute path of the build machine (see files.portable_path)."""
+    return {**data, "data_dir": portable_path(data.get("data_dir"), base)} if "data_dir" in data else dict(data)
 
 
 def replace_folder(tmp: Path, out_dir: Path) -> None:
@@ -301,7 +339,42 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    from wavenet_edge.cli import export_command
+def main(argv: list[str] | None = None) -> None:
+    """``python convert/export.py RUN_DIR --out MODEL_DIR ...``: the options of ``wavenet-edge export``."""
+    from convert.tflite import VARIANTS
 
-    export_command()
+    parser = argparse.ArgumentParser(prog="convert/export.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="The training run folder.")
+    parser.add_argument("--out", dest="out_dir", required=True, help="Model folder to create.")
+    parser.add_argument("--quantize", default="dynamic", choices=[*VARIANTS, "all"],
+                        help="Quantization variant ('all': one sub-folder each).")
+    parser.add_argument("--batch", type=int, default=1, help="Independent streams per step.")
+    parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint folder.")
+    parser.add_argument("--calibration-data", default=None, help="Validation recordings (default: the run's split).")
+    parser.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="Mel frames per conditioner call.")
+    parser.add_argument("--eval-samples", type=int, default=200_000, help="Samples scored per variant for the report.")
+    parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature the manifest recommends.")
+    parser.add_argument("--force", action="store_true", help="Replace an existing model folder.")
+    args = parser.parse_args(argv)
+    if Path(args.out_dir).exists() and not args.force:
+        print(f"error: {args.out_dir} exists: choose a new folder or pass --force to replace it", file=sys.stderr)
+        sys.exit(2)
+    from edge_runtime.interpreter import quiet_native_stderr
+
+    with quiet_native_stderr():  # TensorFlow's start-up banners, as the CLI drops them
+        import tensorflow  # noqa: F401
+    try:
+        report = export(args.run_dir, args.out_dir, args.quantize, batch=args.batch, checkpoint=args.checkpoint,
+                        calibration_data=args.calibration_data, force=args.force, chunk_frames=args.chunk_frames,
+                        eval_samples=args.eval_samples, temperature=args.temperature,
+                        log=lambda m: print(m, file=sys.stderr))
+    except (OSError, WavenetEdgeError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        sys.exit(2)
+    print(format_report(report))
+    print(f"wrote {args.out_dir}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()

@@ -29,6 +29,47 @@ def mu_law_decode(classes_: np.ndarray, classes: int = 256) -> np.ndarray:
     return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
 
 
+def preemphasize(audio: np.ndarray, alpha: float) -> np.ndarray:
+    """x[t] - alpha * x[t-1] (silence before the first sample); float32. alpha 0 returns the audio unchanged."""
+    x = np.asarray(audio, dtype=np.float32)
+    if alpha == 0:
+        return x
+    out = x.copy()
+    out[1:] -= np.float32(alpha) * x[:-1]
+    return out
+
+
+class Deemphasis:
+    """The inverse filter y[t] = e[t] + alpha * y[t-1], with its state carried from one chunk to the next.
+
+    A plain loop over Python floats: every sample goes through the same float64 operations however the signal is
+    chunked, so streamed output equals offline output bit for bit (about 0.1 µs per sample).
+    """
+
+    def __init__(self, alpha: float, streams: int = 1):
+        self.alpha, self.streams = float(alpha), streams
+        self.reset()
+
+    def reset(self) -> None:
+        """Silence before the next sample."""
+        self._last = [0.0] * self.streams
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray:
+        """Filters a chunk [n] (one stream) or [n, B]; returns float32 in [-1, 1]."""
+        if self.alpha == 0:
+            return chunk
+        a = self.alpha
+        columns = chunk.reshape(chunk.shape[0], -1).T.tolist()  # [B][n]
+        for b, column in enumerate(columns):
+            y = self._last[b]
+            for i, e in enumerate(column):
+                y = e + a * y
+                column[i] = y
+            self._last[b] = y
+        out = np.asarray(columns, np.float64).T.reshape(chunk.shape)
+        return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     """HTK mel scale."""
     return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)

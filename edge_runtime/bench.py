@@ -30,8 +30,35 @@ def _read(path: str) -> str | None:
         return None
 
 
+# /proc/cpuinfo flags that decide how fast LiteRT's (XNNPACK's) kernels run, and their usual names.
+CPU_FEATURES = {
+    "x86": [("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("avx512f", "AVX-512"),
+            ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx512_bf16", "AVX-512 BF16"),
+            ("avx512_fp16", "AVX-512 FP16"), ("amx_int8", "AMX-INT8")],
+    "arm": [("neon", "NEON"), ("asimd", "NEON"), ("asimddp", "dotprod"), ("fphp", "fp16"), ("asimdhp", "fp16"),
+            ("i8mm", "i8mm"), ("sve", "SVE")],
+}
+
+
+def cpu_features(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's features that matter for these kernels (e.g. ``["AVX2", "FMA", "AVX-512", "AVX-512 VNNI"]``, or
+    ``["NEON", "dotprod", "fp16"]`` on ARM), from the flags of ``/proc/cpuinfo``; empty where it has none."""
+    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    flags: set[str] = set()
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 / ARM; every core lists the same
+            flags = set(value.split())
+            break
+    names: list[str] = []
+    for flag, name in CPU_FEATURES["x86"] + CPU_FEATURES["arm"]:
+        if flag in flags and name not in names:
+            names.append(name)
+    return names
+
+
 def device_info() -> dict:
-    """What the numbers were measured on: CPU, cores, board, OS, versions, governor and frequency."""
+    """What the numbers were measured on: CPU and its features, cores, board, OS, versions, governor, frequency."""
     cpu = None
     for line in (_read("/proc/cpuinfo") or "").splitlines():
         if line.split(":")[0].strip() in ("model name", "Model", "Hardware") and ":" in line:
@@ -44,7 +71,8 @@ def device_info() -> dict:
     except metadata.PackageNotFoundError:
         litert = None
     freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
-    return {"cpu": cpu or platform.processor() or None, "machine": platform.machine(), "cores": os.cpu_count(),
+    return {"cpu": cpu or platform.processor() or None, "cpu_features": cpu_features(), "machine": platform.machine(),
+            "cores": os.cpu_count(),
             "board": _read("/proc/device-tree/model"), "os": platform.platform(), "kernel": platform.release(),
             "python": platform.python_version(), "numpy": np.__version__, "interpreter": f"ai-edge-litert {litert}",
             "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
@@ -104,7 +132,7 @@ def measure(model_dir: str, seconds: float, runs: int, threads: int, device: str
     cond_us = None
     if mel is not None:
         t = time.perf_counter()
-        frames = sum(c.shape[0] for c in synth.conditioner.stream(mel)) // synth.conditioner.hop
+        frames = sum(c.shape[0] for c in synth.conditioner.stream(mel, copy=False)) // synth.conditioner.hop
         cond_us = (time.perf_counter() - t) / frames * 1e6
     us = statistics.median(totals)
     spread = (max(totals) - min(totals)) / us

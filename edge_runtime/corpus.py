@@ -33,7 +33,7 @@ def speaker_of(path: Path, root: Path, speaker_regex: str | None) -> str:
     if speaker_regex:
         m = re.search(speaker_regex, path.name)
         if not m:
-            raise DataError(f"--speaker-regex {speaker_regex!r} does not match file {path.name}")
+            raise DataError(f"the speaker regex {speaker_regex!r} does not match file {path.name}")
         return m.group("speaker")
     parent = path.parent
     return parent.name if parent != root else "default"

@@ -1,8 +1,17 @@
-"""Errors of the edge runtime: each message is one line that names the bad thing."""
+"""Errors of the project: each message is one line that names the bad thing.
+
+Every error we raise for expected bad input derives from :class:`WavenetEdgeError` (the CLI prints it as one
+line and exits 2): the edge runtime's below, ``training.config.ConfigError``, ``training.checkpoint.CheckpointError``,
+``convert.export.ExportError``. Messages name the bad thing, never a command-line flag (the library has no flags).
+"""
 
 
-class EdgeError(ValueError):
-    """Base class: expected bad input (the CLI prints it as one line and exits 2)."""
+class WavenetEdgeError(ValueError):
+    """Base class of all our errors: expected bad input, not a bug."""
+
+
+class EdgeError(WavenetEdgeError):
+    """An error of the edge runtime."""
 
 
 class ModelError(EdgeError):

@@ -19,7 +19,11 @@ import numpy as np
 from edge_runtime.errors import EdgeError, ModelError
 
 FORMAT = "wavenet-edge"
-FORMAT_VERSION = 1
+# What format_version says about the step graph's inputs (training/step.py has the details):
+#   1: cond = the per-sample conditioning c' [B, C], speaker_bias [L * B, G] a separate input (the shipped voices)
+#   2: cond = every layer's gate input [L * B, G]: conditioning projected by the conditioner graph + speaker bias
+FORMAT_VERSION = 2  # what exports write
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 _DTYPES = {"float32": np.float32, "int8": np.int8, "int32": np.int32}
 
@@ -79,6 +83,8 @@ class Manifest:
     conditioner_path: Path | None
     embedding: np.ndarray  # float32 [classes, R]
     speaker_bias: np.ndarray | None  # float32 [speakers, L, G]
+    deemphasis: float = 0.0  # the postfilter's coefficient (0: the model's samples are the audio)
+    temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
 
     @property
     def config(self) -> dict:
@@ -89,6 +95,11 @@ class Manifest:
     def speakers(self) -> list[str]:
         """Speaker names, in index order (empty without global conditioning)."""
         return list(self.config.get("speakers") or [])
+
+    @property
+    def version(self) -> int:
+        """The format version (one of ``READABLE_VERSIONS``, checked at load): the step graph's input form."""
+        return int(self.data["format_version"])
 
 
 # What a field of the wrong type or shape raises somewhere in the checks: all mean "malformed manifest".
@@ -129,9 +140,10 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
         raise ModelError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelError(f"{path} is not a wavenet-edge manifest")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path} has format version {data.get('format_version')!r}; this runtime reads version "
-                         f"{FORMAT_VERSION} (re-export the model or upgrade wavenet-edge)")
+    version = data.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ModelError(f"{path} has format version {version!r}; this runtime reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} (re-export the model or upgrade wavenet-edge)")
     try:
         files = data["files"]
         step_name = data["step"]["file"]
@@ -154,5 +166,31 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
         raise ModelError(f"{path}: embedding table missing or not 2-D")
     bias = tables.get("speaker_bias")
     speaker_bias = decode_array(bias, "speaker_bias") if bias else None
+    deemphasis, temperature = _output_settings(data, path)
     return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
-                    embedding, speaker_bias)
+                    embedding, speaker_bias, deemphasis, temperature)
+
+
+POSTFILTERS = ("deemphasis",)
+
+
+def _output_settings(data: dict, path: Path) -> tuple[float, float | None]:
+    """(de-emphasis coefficient, recommended temperature) from the optional ``postfilter`` and ``sampling``."""
+    post = data.get("postfilter")
+    alpha = 0.0
+    if post is not None:
+        kind = post.get("type") if isinstance(post, dict) else None
+        if kind not in POSTFILTERS:
+            raise ModelError(f"{path} names an unknown postfilter {kind!r}; this runtime knows {', '.join(POSTFILTERS)}")
+        alpha = post.get("coefficient")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+            raise ModelError(f"{path}: de-emphasis coefficient must be a number in [0, 1), got {alpha!r}")
+    if float(alpha) != float(data["config"].get("preemphasis", 0.0)):
+        raise ModelError(f"{path}: postfilter coefficient {alpha} does not match the model's pre-emphasis "
+                         f"{data['config'].get('preemphasis')}")
+    sampling = data.get("sampling") or {}
+    temperature = sampling.get("temperature") if isinstance(sampling, dict) else "bad"
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature < 100):
+        raise ModelError(f"{path}: sampling temperature must be a number in [0, 100), got {temperature!r}")
+    return float(alpha), None if temperature is None else float(temperature)

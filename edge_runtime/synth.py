@@ -3,8 +3,8 @@
 Per generated sample n the runtime writes the previous sample's embedding row into its ring buffer
 ``hist[ring, L, B, R]`` (as layer 0's current input) and gathers, with one ``np.take``, the ``state`` rows the
 manifest lists: that row, then every layer's inputs from d (and 2d for kernel 3) steps ago. The step graph also
-gets the conditioning c[n] of the sample being generated and the speaker's gate biases (set once per
-utterance: inputs keep their values between invokes); it returns the logits and the current inputs of layers
+gets the conditioning of the sample being generated and the speaker's gate biases (in the form of the
+manifest's format version: edge_runtime/step_inputs.py); it returns the logits and the current inputs of layers
 1..L-1, stored at ``hist[n % ring]``. Sampling is Gumbel-max with pre-drawn noise: ``argmax(logits + T * g)``.
 """
 
@@ -17,10 +17,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from edge_runtime.audio import mu_law_decode
+from edge_runtime.audio import Deemphasis, mu_law_decode
 from edge_runtime.errors import InputError, ModelError
 from edge_runtime.graph import Graph
 from edge_runtime.manifest import Manifest, load_manifest, malformed_is_model_error
+from edge_runtime.step_inputs import GateInputs, ring_index
 
 SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
 
@@ -36,30 +37,27 @@ class Synthesizer:
             raise ModelError(f"implausible sample rate {self.sample_rate} or class count {self.classes} in the manifest")
         self.use_mel, self.use_speaker = cfg["n_mels"] > 0, cfg["speaker_dim"] > 0
         self.batch = int(manifest.data["batch"])
-        wanted = {"state"} | ({"cond"} if self.use_mel else set()) | ({"speaker_bias"} if self.use_speaker else set())
-        self.step = Graph(manifest.step_path, device, threads, wanted, {"logits", "new_state"})
+        dilations = cfg_dilations(cfg)
+        n_layers, channels, gates = len(dilations), int(cfg["residual_channels"]), int(cfg["gate_channels"])
+        self._gates = GateInputs(manifest, self.use_mel, self.use_speaker, self.batch, n_layers, gates)
+        self.step = Graph(manifest.step_path, device, threads, {"state"} | self._gates.inputs, {"logits", "new_state"})
         ins, outs = self.step.inputs, self.step.outputs
         layout = np.asarray(manifest.data["state"]["rows"], np.int64).reshape(-1, 2)  # (layer, delay) per row
-        dilations = cfg_dilations(cfg)
-        n_layers, channels = len(dilations), int(cfg["residual_channels"])
         # rows index the history: out-of-range values would read outside it
-        in_range = layout.size and 0 <= layout.min() and layout[:, 0].max() < n_layers and layout[:, 1].max() <= max(dilations)
+        max_delay = (int(cfg.get("kernel_size", 2)) - 1) * max(dilations)  # the oldest tap of the widest layer
+        in_range = layout.size and 0 <= layout.min() and layout[:, 0].max() < n_layers and layout[:, 1].max() <= max_delay
         if (not in_range or layout.shape[0] < 2 or tuple(layout[0]) != (0, 0)
                 or ins["state"].shape != (layout.shape[0] * self.batch, channels)
                 or outs["new_state"].shape != ((n_layers - 1) * self.batch, channels)):
             raise ModelError(f"{manifest.step_path.name}: tensor shapes do not match the manifest's state layout")
-        gates = int(cfg["gate_channels"])
         if manifest.embedding.shape != (self.classes, channels) or (self.use_speaker and (
                 manifest.speaker_bias is None or manifest.speaker_bias.shape != (len(manifest.speakers), n_layers, gates))):
             raise ModelError(f"{manifest.folder / 'manifest.json'}: embedding or speaker tables do not fit the model")
-        # Ring buffer hist[ring, L, B, R] in the state input's own domain (int8 models store int8). Seen flat as
-        # rows [ring * L, B * R], the state of step t is rows take_at[t % ring] = (t - delay) % ring * L + layer:
-        # one np.take gathers it, already in input order (measured 0.8 µs, two-array fancy indexing 1.9 µs).
-        ring = 1 << int(layout[:, 1].max()).bit_length()
-        self._ring = ring
-        self._take_at = ((np.arange(ring)[:, None] - layout[None, :, 1]) % ring) * n_layers + layout[None, :, 0]
+        # Ring buffer hist[ring, L, B, R] in the state input's own domain (int8 models store int8), gathered
+        # with one np.take per step (measured 0.8 µs, two-array fancy indexing 1.9 µs).
+        self._ring, self._take_at = ring_index(layout, n_layers)
         self._take_rows = list(self._take_at)  # per-position rows as a list: cheaper to index in the hot loop
-        self._hist = np.empty((ring, n_layers, self.batch, channels), ins["state"].dtype)
+        self._hist = np.empty((self._ring, n_layers, self.batch, channels), ins["state"].dtype)
         # new_state comes out on another int8 scale than state goes in: a 256-entry requantization table.
         # Indexed by the output's raw byte (int8 viewed as uint8), so requantizing is one numpy take per step.
         self._requant = None
@@ -68,7 +66,12 @@ class Synthesizer:
             self._requant = ins["state"].quantize(outs["new_state"].dequantize(codes))
         self._embedding = ins["state"].quantize(manifest.embedding)  # [classes, R] in the state's domain
         self._decode = mu_law_decode(np.arange(self.classes), self.classes)
+        self._deemphasis = Deemphasis(manifest.deemphasis, self.batch)
+        # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
+        self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
+        width = int(cfg["n_mels"] if cfg.get("cond_layers") == 0 else cfg["cond_channels"])  # c' (format 1)
+        self._gates.check(ins, width, self.conditioner)
         self._views, self._invoke = self.step.bind()
         self.reset()
 
@@ -106,13 +109,13 @@ class Synthesizer:
         self._hist[...] = self.step.inputs["state"].quantize(0.0)
         self._t = 0
         self._prev = np.full(self.batch, SILENCE, np.int64)
+        self._deemphasis.reset()
         if self.use_speaker:
             speakers = speaker if isinstance(speaker, list) else [speaker] * self.batch
             if len(speakers) != self.batch:
                 raise InputError(f"{len(speakers)} speakers for a model exported with batch {self.batch}")
             table = self.manifest.speaker_bias[[self.speaker_index(s) for s in speakers]]  # [B, L, G]
-            self._views["speaker_bias"][...] = self.step.inputs["speaker_bias"].quantize(
-                table.transpose(1, 0, 2).reshape(-1, table.shape[-1]))  # [L*B, G]
+            self._gates.set_speakers(self._views, self.step.inputs, table, self.conditioner)
 
     # ---------------------------------------------------------------------------------------------- stepping
     def _run(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
@@ -121,7 +124,7 @@ class Synthesizer:
         if self.batch == 1 and forced is None:
             return self._run_single(n, cond, noise)
         views, invoke = self._views, self._invoke
-        cond_in = views["cond"] if cond is not None else None  # [B, C]
+        cond_in = views["cond"] if cond is not None else None  # [B, C] (format 1) or [L * B, G]
         logits, new = views["logits"], views["new_state"]  # [B, classes], [(L-1) * B, R]
         mask, n_layers = self._ring - 1, self._hist.shape[1]
         flat = self._hist.reshape(self._ring * n_layers, -1)  # [ring * L, B * R] (a view)
@@ -163,7 +166,7 @@ class Synthesizer:
         """
         views, invoke = self._views, self._invoke
         state, logits = views["state"], views["logits"][0]  # [rows, R], [classes]
-        cond_in = views["cond"][0] if cond is not None else None  # [C]
+        cond_in = views["cond"] if cond is not None else None  # [1, C] (format 1) or [L, G]
         mask, n_layers = self._ring - 1, self._hist.shape[1]
         flat = self._hist.reshape(self._ring * n_layers, -1)  # [ring * L, R]
         new = views["new_state"]  # [L-1, R]
@@ -171,7 +174,6 @@ class Synthesizer:
         table = self._embedding  # [classes, R]
         prev, t = int(self._prev[0]), self._t
         nz = None if noise is None else noise[:, 0]  # [n, classes]
-        cond = None if cond is None else cond[:, 0]  # [n, C]
         samples = []
         for i in range(n):
             pos = t & mask
@@ -205,7 +207,7 @@ class Synthesizer:
 
     # ---------------------------------------------------------------------------------------------- public API
     def stream(self, mel: np.ndarray | Iterable[np.ndarray] | None = None, speaker: int | str | None = None,
-               temperature: float = 0.5, seed: int | None = None, seconds: float | None = None,
+               temperature: float | None = None, seed: int | None = None, seconds: float | None = None,
                block: int = 512) -> Iterator[np.ndarray]:
         """Generates audio, yielding float32 chunks as soon as their conditioning is available.
 
@@ -213,9 +215,8 @@ class Synthesizer:
             mel: log-mel frames [F, n_mels], or an iterable of frames ([n_mels]) or blocks ([k, n_mels]) as they
                 arrive (the conditioner needs a few frames of lookahead, given in the manifest).
             speaker: a speaker name or index (multi-speaker models; default the first).
-            temperature: sampling temperature (0 = always the most likely sample; 0.5 scored best for the
-                shipped model: PESQ and log-mel distance peak there, STOI rises a little further below it;
-                1.0 samples the model's own distribution).
+            temperature: sampling temperature (0 = always the most likely sample, 1.0 = the model's own
+                distribution); default: the one the manifest recommends (``sampling.temperature``), else 0.5.
             seed: seeds the sampling noise; the same seed gives the same audio however ``mel`` is chunked.
             seconds: for models without local conditioning, how much audio to generate.
             block: the most samples per yielded chunk.
@@ -223,6 +224,8 @@ class Synthesizer:
         Yields:
             float32 audio chunks in [-1, 1] at ``sample_rate`` (for batch models: [n, B]).
         """
+        if temperature is None:
+            temperature = self.temperature
         if not np.isfinite(temperature) or temperature < 0:
             raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -232,24 +235,26 @@ class Synthesizer:
         squeeze = (lambda a: a[:, 0]) if self.batch == 1 else (lambda a: a)  # noqa: E731
         if self.use_mel:
             if mel is None:
-                raise InputError("this model is conditioned on mel frames: give --mel or --wav")
+                raise InputError("this model is conditioned on mel frames: give mel frames")
             port = self.step.inputs["cond"]
-            for chunk in self.conditioner.stream(mel):  # [n, B, C]
+            for chunk in self.conditioner.stream(mel, copy=False):  # [n, B, C], used up before the next
                 # Yield at most `block` samples at a time: the first audio then does not wait for a whole
                 # conditioner chunk (which is large, so that its context frames cost little).
                 for start in range(0, chunk.shape[0], block):
-                    cond = port.quantize(chunk[start:start + block])
+                    cond = self._gates.per_sample(chunk[start:start + block], port)
                     n = cond.shape[0]
-                    yield squeeze(self._decode[self._run(n, cond, self._noise(rng, n, temperature), None, None)])
+                    yield self._deemphasis(squeeze(self._decode[self._run(n, cond, self._noise(rng, n, temperature),
+                                                                          None, None)]))
             return
         if mel is not None:
-            raise InputError("this model has no local conditioning: use --seconds instead of mel frames")
+            raise InputError("this model has no local conditioning: give a number of seconds instead of mel frames")
         if seconds is None or not 0 < seconds < math.inf:
             raise InputError(f"give a finite positive number of seconds to generate, got {seconds}")
         remaining = int(round(seconds * self.sample_rate))
         while remaining > 0:
             n = min(block, remaining)
-            yield squeeze(self._decode[self._run(n, None, self._noise(rng, n, temperature), None, None)])
+            yield self._deemphasis(squeeze(self._decode[self._run(n, None, self._noise(rng, n, temperature), None,
+                                                                  None)]))
             remaining -= n
 
     def teacher_forced_logits(self, classes: np.ndarray, mel: np.ndarray | None = None,
@@ -269,7 +274,7 @@ class Synthesizer:
             if mel is None:
                 raise InputError("this model is conditioned on mel frames")
             cond = np.concatenate(list(self.conditioner.stream(mel)))[1:n + 1]  # step t uses c[t + 1]
-            cond = self.step.inputs["cond"].quantize(cond)
+            cond = self._gates.per_sample(cond, self.step.inputs["cond"])
             if cond.shape[0] < n:
                 raise InputError(f"{classes.shape[0]} samples need {classes.shape[0] // self.conditioner.hop} mel frames")
         out = np.empty((n, 1, self.classes), self.step.outputs["logits"].dtype)
@@ -287,14 +292,22 @@ class Conditioner:
 
     def __init__(self, manifest: Manifest, device: str, threads: int, batch: int):
         info, cfg = manifest.data["conditioner"], manifest.config
+        # format 2: multi-speaker conditioners add the speakers' gate biases (edge_runtime/step_inputs.py)
+        speaker_input = manifest.version >= 2 and cfg["speaker_dim"] > 0
         self.graph = Graph(manifest.conditioner_path, "cpu" if device.startswith("edgetpu") else device, threads,
-                           {"mel"}, {"cond"})
+                           {"mel"} | ({"speaker_bias"} if speaker_input else set()), {"cond"})
         self.chunk, self.context, self.hop = int(info["chunk_frames"]), int(info["context_frames"]), int(cfg["hop_length"])
         self.n_mels, self.batch, self.pad = int(cfg["n_mels"]), batch, float(info["pad_value"])
         self.mel_port, self.cond_port = self.graph.inputs["mel"], self.graph.outputs["cond"]
         expected = (batch, self.chunk + 2 * self.context, self.n_mels)
         if self.mel_port.shape != expected:
             raise ModelError(f"conditioner input shape {self.mel_port.shape} does not match the manifest {expected}")
+        # Bound views: a format-2 chunk is L * G channels per sample (6.5 MB for `s`), not copied out of the graph
+        self._views, self._invoke = self.graph.bind()
+
+    def set_speaker_bias(self, bias: np.ndarray) -> None:
+        """The streams' speakers' gate biases [B, L * G] (format 2), added to every chunk's output."""
+        self._views["speaker_bias"][...] = self.graph.inputs["speaker_bias"].quantize(bias)
 
     def _frames(self, mel) -> Iterator[np.ndarray]:
         """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks.
@@ -320,9 +333,11 @@ class Conditioner:
             raise InputError("mel frames contain NaN or infinite values")
         return block
 
-    def stream(self, mel) -> Iterator[np.ndarray]:
-        """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32)."""
-        interp = self.graph.interpreter
+    def stream(self, mel, copy: bool = True) -> Iterator[np.ndarray]:
+        """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32).
+
+        With ``copy=False`` each chunk is a view of the graph's output, valid until the next one is asked for.
+        """
         width = self.chunk + 2 * self.context
         pad = np.full((self.context, self.batch, self.n_mels), self.pad, np.float32)
         buffer = [pad]
@@ -332,21 +347,22 @@ class Conditioner:
             buffered += block.shape[0]
             while buffered >= width:
                 window = np.concatenate(buffer)
-                yield self._run(interp, window[:width])
+                yield self._run(window[:width], copy)
                 buffer, buffered = [window[self.chunk:]], buffered - self.chunk
         remaining = buffered - self.context  # real frames not yet turned into conditioning
         if remaining < 0:
             return
         window = np.concatenate(buffer + [np.full((width, self.batch, self.n_mels), self.pad, np.float32)])
         while remaining > 0:
-            out = self._run(interp, window[:width])
+            out = self._run(window[:width], copy)
             yield out[:min(self.chunk, remaining) * self.hop]
             window, remaining = window[self.chunk:], remaining - self.chunk
 
-    def _run(self, interp, window: np.ndarray) -> np.ndarray:
-        interp.set_tensor(self.mel_port.index, np.ascontiguousarray(window.transpose(1, 0, 2)))  # [B, frames, n_mels]
-        interp.invoke()
-        return interp.get_tensor(self.cond_port.index).transpose(1, 0, 2)  # [chunk * hop, B, C]
+    def _run(self, window: np.ndarray, copy: bool) -> np.ndarray:
+        self._views["mel"][...] = window.transpose(1, 0, 2)  # [B, frames, n_mels]
+        self._invoke()
+        out = self._views["cond"].transpose(1, 0, 2)  # [chunk * hop, B, C]
+        return out.copy() if copy else out
 
 
 def cfg_dilations(cfg: dict) -> list[int]:

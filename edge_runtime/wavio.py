@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import struct
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import InputError
+from edge_runtime.files import remove_stale_temporaries, temporary_sibling
+from edge_runtime.files import write_text_atomic  # noqa: F401  (its old home; import it from edge_runtime.files)
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -81,42 +82,6 @@ def wav_header(rate: int, num_samples: int) -> bytes:
             struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", data))
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` (UTF-8) to a temporary sibling, fsyncs it and renames it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_partials(path: Path) -> None:
-    """Deletes ``.NAME.partial-PID`` files next to ``path`` whose process is gone (a SIGKILLed earlier run)."""
-    try:
-        siblings = list(path.parent.glob(f".{glob.escape(path.name)}.partial-*"))
-    except OSError:
-        return  # an unreadable folder: the writer's own open() reports it
-    for partial in siblings:
-        pid = partial.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            partial.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 class AtomicWavWriter:
     """Streams 16-bit PCM into ``OUT.partial-PID`` and renames it to ``OUT`` on :meth:`close`.
 
@@ -127,8 +92,8 @@ class AtomicWavWriter:
         self.path, self.rate, self.count = Path(path), rate, 0
         if not self.path.name or self.path.is_dir():
             raise InputError(f"cannot write {str(path)!r}: give a file name, not a folder")
-        self.tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
-        remove_stale_partials(self.path)
+        self.tmp = temporary_sibling(self.path, "partial")
+        remove_stale_temporaries(self.path, ("partial",))  # left by a SIGKILLed earlier run
         try:
             self.file = open(self.tmp, "wb")
             self.file.write(wav_header(rate, 0))

@@ -43,6 +43,14 @@ def device_name(data: dict) -> str:
     return d.get("board") or f"{d.get('cpu') or d.get('machine')} ({d.get('cores')} cores)"
 
 
+def cpu_features(data: dict) -> str:
+    """The CPU features the file recorded (AVX2, AVX-512, VNNI; NEON, dotprod, fp16), or that it has none."""
+    features = data.get("device", {}).get("cpu_features")
+    if features is None:
+        return "CPU features not recorded"
+    return ", ".join(features) or "none of AVX2/AVX-512/VNNI/NEON/dotprod/fp16"
+
+
 def key(data: dict, r: dict) -> tuple:
     return (device_name(data), r["preset"], r["variant"], r["threads"], r["batch"], r.get("device", "cpu"))
 
@@ -55,11 +63,11 @@ def rows(files: list[dict]) -> list[tuple[dict, dict]]:
 
 def markdown(files: list[dict]) -> str:
     """The comparison table (one row per device x model x variant x threads x batch)."""
-    lines = ["| device | model | variant | threads | streams | µs/sample (median) | p99 | RTF | real time at (kHz) "
-             "| first audio ms | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| device | CPU features | model | variant | threads | streams | µs/sample (median) | p99 | RTF "
+             "| real time at (kHz) | first audio ms | peak MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f, r in rows(files):
         rt = ", ".join(f"{int(k) / 1000:g}" for k in RATES if r["real_time"].get(k)) or "none"
-        lines.append(f"| {device_name(f)} | {r['preset']} @ {r['sample_rate'] / 1000:g} kHz | {r['variant']} | "
+        lines.append(f"| {device_name(f)} | {cpu_features(f)} | {r['preset']} @ {r['sample_rate'] / 1000:g} kHz | {r['variant']} | "
                      f"{r['threads']} | {r['batch']} | {r['us_per_sample']['median']:.1f} | "
                      f"{r['us_per_sample']['p99']:.1f} | {r['rtf']:.3f} | {rt} | "
                      f"{r['time_to_first_audio_ms']:.1f} | {r['peak_rss_mb']:.0f} |")

@@ -37,11 +37,24 @@ GAP_SECONDS = 0.1  # silence between clips in the per-speaker concatenations
 
 
 def model_label(synth: Synthesizer) -> str:
-    """'WaveNet <preset> <variant>' for tables."""
-    return f"WaveNet {synth.config['name']} {synth.manifest.data['variant']}"
+    """'WaveNet <preset> <variant> (<folder>)' for tables."""
+    return f"WaveNet {synth.config['name']} {synth.manifest.data['variant']} ({synth.manifest.folder.name})"
 
 
-def synthesize(synth: Synthesizer, mel: np.ndarray, speaker: str, temperature: float, seed: int) -> np.ndarray:
+def paired(model: list[dict], baseline: list[dict], metric: str) -> dict | None:
+    """Per-clip comparison of a model with a baseline on the clips both could score: wins of the model, mean
+    difference and its 95 % interval (normal approximation: a few hundred clips)."""
+    pairs = [(m[metric], b[metric]) for m, b in zip(model, baseline) if m[metric] is not None and b[metric] is not None]
+    if len(pairs) < 2:
+        return None
+    diff = np.array([m - b for m, b in pairs])
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size)
+    return {"clips": int(diff.size), "wins": int((diff > 0).sum()), "mean_difference": float(diff.mean()),
+            "ci95": [float(diff.mean() - half), float(diff.mean() + half)]}
+
+
+def synthesize(synth: Synthesizer, mel: np.ndarray, speaker: str, temperature: float | None,
+               seed: int) -> np.ndarray:
     """Copy synthesis of one clip through the streaming runtime."""
     return np.concatenate(list(synth.stream(mel, speaker=speaker if synth.use_speaker else None,
                                             temperature=temperature, seed=seed)))
@@ -66,7 +79,7 @@ def summarize(per_clip: list[dict], per_speaker: list[dict]) -> dict:
     return out
 
 
-def run(models: list[Path], data: str, files: str | None, speaker_regex: str | None, temperature: float,
+def run(models: list[Path], data: str, files: str | None, speaker_regex: str | None, temperature: float | None,
         seeds: list[int], nll: bool, gl_iterations: int, limit: int | None, wav_dir: Path | None, log=print) -> dict:
     """Scores every method on every clip; returns the report dict (see the module docstring)."""
     synths = [Synthesizer.load(m) for m in models]
@@ -123,13 +136,17 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
     report = {"schema": "wavenet-edge-quality/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "data": {"folder": str(data), "files_regex": files, "clips": len(clips), "seconds": audio_seconds,
                        "speakers": sorted(speakers)},
-              "settings": {"temperature": temperature, "seeds": seeds, "griffin_lim_iterations": gl_iterations,
+              "settings": {"temperature": temperature if temperature is not None
+                           else {model_label(s): s.temperature for s in synths}, "seeds": seeds, "griffin_lim_iterations": gl_iterations,
                            "sample_rate": rate},
               "methods": {m: {**summarize(per_clip[m], per_speaker[m]),
                               "rtf": timing[m] / audio_seconds / (len(seeds) if m.startswith("WaveNet") else 1)}
                           for m in methods},
               "models": {model_label(s): {"folder": str(s.manifest.folder)} for s in synths},
               "per_speaker": per_speaker, "per_clip": per_clip}
+    for s in synths:
+        report["models"][model_label(s)]["vs_world"] = {
+            metric: paired(per_clip[model_label(s)], per_clip["WORLD"], metric) for metric in ("pesq", "stoi")}
     if nll:
         for s in synths:
             report["models"][model_label(s)].update(evaluate_folder(s, data, regex, files))
@@ -158,18 +175,31 @@ def markdown(report: dict) -> str:
     """The report as a markdown table (methods × metrics) with the clip counts."""
     d = report["data"]
     lines = [f"Copy synthesis of {d['clips']} held-out clips ({d['seconds']:.0f} s, {len(d['speakers'])} speakers), "
-             f"temperature {report['settings']['temperature']}, seeds {report['settings']['seeds']}.", "",
+             f"temperature {_temperatures(report['settings']['temperature'])}, seeds {report['settings']['seeds']}.", "",
              "| method | PESQ-NB | STOI | log-mel dist. (dB) | PESQ / STOI per speaker | NLL bits/sample |",
              "|---|---|---|---|---|---|"]
     for name, m in report["methods"].items():
         nll = report["models"].get(name, {}).get("nll_bits_per_sample")
         lines.append(f"| {name} | {_fmt(m['pesq'])} | {_fmt(m['stoi'], 3)} | {_fmt(m['lmd_db'], 2)} | "
                      f"{_fmt(m['pesq_speakers'])} / {_fmt(m['stoi_speakers'], 3)} | {_fmt(nll, 3) if nll else ''} |")
+    lines.append("")
+    for name, m in report["models"].items():
+        for metric, p in (m.get("vs_world") or {}).items():
+            if p:
+                lines.append(f"- Paired with WORLD, {name}, {metric.upper()}: wins {p['wins']} of {p['clips']} clips, "
+                             f"mean difference {p['mean_difference']:+.3f} (95 % interval {p['ci95'][0]:+.3f} to "
+                             f"{p['ci95'][1]:+.3f}).")
     first = next(iter(report["methods"].values()))
     lines += ["", f"PESQ scored {first['pesq_scored']} of {first['clips']} clips and STOI {first['stoi_scored']} "
               "(the others are too short: under 0.25 s, or under 30 STOI frames of speech); the per-speaker "
               "column scores each speaker's clips concatenated."]
     return "\n".join(lines) + "\n"
+
+
+def _temperatures(setting) -> str:
+    if isinstance(setting, dict):
+        return "as each manifest recommends (" + ", ".join(f"{k}: {v}" for k, v in setting.items()) + ")"
+    return str(setting)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -182,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="Folder of held-out recordings.")
     parser.add_argument("--files", default=None, help="Only files whose name matches this regex.")
     parser.add_argument("--speaker-regex", default=None, help="Default: the one the model was trained with.")
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="Sampling temperature (default: each model's recommended one).")
     parser.add_argument("--seeds", default="0,1", help="Sampling seeds, averaged.")
     parser.add_argument("--griffin-lim-iterations", type=int, default=100)
     parser.add_argument("--nll", action="store_true", help="Also each model's teacher-forced NLL.")

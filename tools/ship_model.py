@@ -1,14 +1,15 @@
 """Exports a trained run as the package's shipped model, with example clips, a model card and a regression number.
 
-    python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings
+    python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings [--name pi --float16 no]
 
 Writes (each folder built under a temporary name and renamed into place):
-* ``edge_runtime/models/default/``: the ``dynamic`` variant (what ``Synthesizer.load()`` and ``synth`` use);
-  ``default-float16/`` (the float variant) and ``default-int8/`` only if full int8 passes the quality bar;
+* ``edge_runtime/models/NAME/``: the ``dynamic`` variant (``default``: what ``Synthesizer.load()`` and ``synth``
+  use); ``NAME-float16/`` (the float variant, unless ``--float16 no``) and ``NAME-int8/`` only if full int8
+  passes the quality bar;
 * ``edge_runtime/examples/``: one held-out clip per speaker, with ``ATTRIBUTION.md``;
-* ``edge_runtime/models/MODEL_CARD.md`` and ``training.json`` (config, command, steps, wall time, curve) and
-  ``reference.json``: the TF float32 NLL of two example clips, which the tests compare with the shipped float
-  variant through the edge runtime.
+* ``edge_runtime/models/training.json`` (config, command, steps, wall time, curve) and ``reference.json``: the TF
+  float32 NLL of two example clips, which the tests compare with the shipped variant through the edge runtime
+  (for another NAME: ``NAME.training.json`` and ``NAME.reference.json``). The model card is written by hand.
 Needs the train extra (TensorFlow); the exported graphs are scored in a TF-free subprocess.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import export, replace_folder  # noqa: E402
+from convert.export import export, portable_data, replace_folder  # noqa: E402
 from training.checkpoint import load_model, read_run_info, write_json_atomic  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import load_utterances  # noqa: E402
@@ -96,23 +97,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "edge_runtime" / "models")
     parser.add_argument("--examples", type=Path, default=REPO / "edge_runtime" / "examples")
     parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--name", default="default", help="Folder name of the shipped voice.")
+    parser.add_argument("--float16", choices=("yes", "no"), default="yes", help="Also ship NAME-float16.")
+    parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature to recommend.")
     args = parser.parse_args()
+    prefix = "" if args.name == "default" else f"{args.name}."
 
     info = read_run_info(args.run)
-    data = info.get("data", {})
+    data = portable_data(info.get("data", {}), base=REPO)  # shipped files hold no absolute path of this machine
     model, config, ckpt = load_model(args.run, args.checkpoint)
     step = json.loads((ckpt / "state.json").read_text())["step"]
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         tmp = Path(tmp)
-        report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint)
+        report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint, temperature=args.temperature)
         variants = report["variants"]
-        ship = {"default": "dynamic", "default-float16": "float16"}
+        ship = {args.name: "dynamic"}
+        if args.float16 == "yes":
+            ship[f"{args.name}-float16"] = "float16"
         if variants["int8"]["nll_ratio_to_tf_float32"] <= INT8_BAR:
-            ship["default-int8"] = "int8"
+            ship[f"{args.name}-int8"] = "int8"
         for name, variant in ship.items():
             replace_folder(tmp / "all" / variant, args.out / name)
-        for stale in {"default-int8"} - set(ship):
+        for stale in {f"{args.name}-int8"} - set(ship):
             shutil.rmtree(args.out / stale, ignore_errors=True)
 
         examples = pick_examples(args.data, list(config.speakers), data.get("val_regex") or r"_[0-4]\.wav$")
@@ -132,7 +139,7 @@ def main() -> None:
     utterances = load_utterances(args.examples, config, regex, pattern)
     nll, samples = NLLScorer(model, config)(utterances)
     history = training_history(args.run)
-    write_json_atomic(args.out / "reference.json", {
+    write_json_atomic(args.out / f"{prefix}reference.json", {
         "clips": reference_clips, "speaker_regex": regex, "tf_float32_nll_bits_per_sample": nll, "samples": samples,
         "checkpoint": ckpt.name, "step": step})
     card = {"preset": config.name, "config": config.to_dict(), "checkpoint": ckpt.name, "step": step,
@@ -141,7 +148,7 @@ def main() -> None:
                      "attribution": FSDD_ATTRIBUTION},
             "wall_seconds": history["wall_seconds"], "seconds_per_step": history["seconds_per_step"],
             "curve": history["curve"], "export_report": report, "shipped": ship}
-    write_json_atomic(args.out / "training.json", card)
+    write_json_atomic(args.out / f"{prefix}training.json", card)
     print(json.dumps({k: card[k] for k in ("preset", "step", "best_val_nll_bits", "wall_seconds", "shipped")}))
     print(f"reference NLL of {reference_clips}: {nll:.4f} bits/sample (TF float32)")
 

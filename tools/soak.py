@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_runtime.audio import front_end_params, log_mel  # noqa: E402
 from edge_runtime.corpus import speaker_of  # noqa: E402
+from edge_runtime.files import write_text_atomic  # noqa: E402
 from edge_runtime.synth import Synthesizer, example_clips  # noqa: E402
-from edge_runtime.wavio import read_wav, write_text_atomic  # noqa: E402
+from edge_runtime.wavio import read_wav  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.wavio import write_text_atomic
+from edge_runtime.errors import WavenetEdgeError
+from edge_runtime.files import write_text_atomic
 from training.config import Config
 
 CKPT_PREFIX = "ckpt-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WavenetEdgeError):
     """A run folder or checkpoint is missing, incomplete or does not fit the model."""
 
 
@@ -176,7 +177,7 @@ def find_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Path:
         return path
     ckpts = checkpoints(run_dir)
     if not ckpts:
-        raise CheckpointError(f"no checkpoints in {run_dir} (train first, or --steps 0 for an initial one)")
+        raise CheckpointError(f"no checkpoints in {run_dir} (train first, or train 0 steps for an initial one)")
     if which == "best":
         best = read_run_info(run_dir).get("best_step")
         for c in ckpts:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.errors import WavenetEdgeError
 
-class ConfigError(ValueError):
+
+class ConfigError(WavenetEdgeError):
     """A config value or key is invalid (the message names it)."""
 
 
@@ -64,10 +66,23 @@ class Config:
     # Training.
     batch_size: int = 8
     segment_length: int = 4096
+    # Learning-rate schedule: "exponential" (lr * lr_decay_rate ** (step / lr_decay_steps)), "cosine" (from lr to
+    # lr_min over `steps`: made for a planned run length) or "inverse_time" (lr / (1 + lr_decay_rate * step /
+    # lr_decay_steps), LPCNet's: no horizon, for open-ended runs); all after a linear warm-up of `warmup_steps`.
+    lr_schedule: str = "exponential"
     learning_rate: float = 1e-3
     lr_decay_rate: float = 0.7
     lr_decay_steps: int = 1000
     lr_min: float = 1e-5
+    warmup_steps: int = 0
+    adam_beta2: float = 0.999
+    # Score every position of a training window (its first samples see zero-padded history) instead of only the
+    # last `segment_length` samples after a full receptive field of context: the window is then `segment_length`
+    # long and no compute goes to unscored context.
+    score_whole_window: bool = False
+    # Pre-emphasis (LPCNet): the model learns the µ-law classes of x[t] - preemphasis * x[t-1] and the runtime
+    # de-emphasises, which shapes the µ-law quantisation noise like the speech spectrum (0 = off).
+    preemphasis: float = 0.0
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999
     steps: int = 100000
@@ -158,7 +173,7 @@ class Config:
             key, sep, raw = item.partition("=")
             key = key.strip()
             if not sep:
-                raise ConfigError(f"--set expects key=value, got {item!r}")
+                raise ConfigError(f"an override must be key=value, got {item!r}")
             if key not in known:
                 hint = _closest(key, known)
                 raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
@@ -184,6 +199,12 @@ class Config:
         need(self.gate_channels % 2 == 0, f"gate_channels must be even, got {self.gate_channels}")
         need(self.n_mels >= 0 and self.speaker_dim >= 0, "n_mels and speaker_dim must be >= 0")
         need(self.learning_rate > 0 and 0 < self.lr_decay_rate <= 1, "learning_rate > 0 and 0 < lr_decay_rate <= 1")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(0 < self.adam_beta2 < 1, f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
+        need(0 <= self.preemphasis < 1, f"preemphasis must be in [0, 1), got {self.preemphasis}")
+        need(0 <= self.lr_min <= self.learning_rate, f"need 0 <= lr_min <= learning_rate, got lr_min={self.lr_min}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(self.mixed_precision in ("none", "bfloat16"),
              f"mixed_precision must be none or bfloat16, got {self.mixed_precision!r}")
@@ -197,6 +218,9 @@ class Config:
                  f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} fmax={self.fmax}")
             need(self.log_floor > 0, "log_floor must be > 0")
             need(self.cond_channels > 0 and self.cond_layers >= 0, "cond_channels > 0 and cond_layers >= 0")
+
+
+LR_SCHEDULES = ("exponential", "cosine", "inverse_time")
 
 
 def receptive_field(config: Config) -> int:
@@ -213,7 +237,7 @@ def macs_per_sample(config: Config) -> int:
     return config.n_layers * per_layer - h * r + head  # the last layer has no residual projection
 
 
-# Presets. `s` is the reference edge model of findings.md (0.88 M multiply-adds per sample); `xs` is sized for a
+# Presets. `s` is the reference edge model (0.88 M multiply-adds per sample: macs_per_sample); `xs` is sized for a
 # Raspberry-Pi-class core (about a fifth of `s`); `paper` follows the paper's text (16 kHz, 256 µ-law classes,
 # dilations 1..512 repeated three times) with channel widths of common reproductions, which the paper omits.
 PRESETS: dict[str, dict[str, Any]] = {

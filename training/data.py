@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.audio import front_end_params, log_mel, mu_law_encode
+from edge_runtime.audio import front_end_params, log_mel, mu_law_encode, preemphasize
 from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
 
@@ -72,11 +72,12 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def prepare(audio: np.ndarray, config: Config, name: str, speaker: int, left_pad: int = 0) -> Utterance:
-    """µ-law classes and log-mel of float audio, truncated to whole frames, with optional leading silence."""
+    """µ-law classes (of the pre-emphasised signal) and log-mel (of the signal itself) of float audio, truncated
+    to whole frames, with optional leading silence."""
     audio = np.concatenate([np.zeros(left_pad, np.float32), audio])
     audio = audio[: audio.shape[0] // config.frame_length * config.frame_length]
     mel = log_mel(audio, **front_end_params(config.to_dict())) if config.use_mel else None
-    return Utterance(name, speaker, mu_law_encode(audio, config.mu_classes), mel)
+    return Utterance(name, speaker, mu_law_encode(preemphasize(audio, config.preemphasis), config.mu_classes), mel)
 
 
 def load_recordings(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None,
@@ -149,8 +150,25 @@ def training_lead(config: Config, num_samples: int) -> int:
 
 
 def window_frames(config: Config) -> int:
-    """Frames per training window: the receptive field plus the scored segment, in whole frames."""
-    return math.ceil((receptive_field(config) + config.segment_length) / config.frame_length)
+    """Frames per training window: the scored segment, after one receptive field of context unless every
+    position of the window is scored (``score_whole_window``)."""
+    context = 0 if config.score_whole_window else receptive_field(config)
+    return math.ceil((context + config.segment_length) / config.frame_length)
+
+
+def scored_span(config: Config) -> tuple[int, int]:
+    """[first, last) positions of a training window whose samples the loss scores.
+
+    With ``score_whole_window`` every sample from the second on is scored, except the few frames at each edge
+    whose conditioning the upsampler had to compute from padding instead of the neighbouring frames.
+    """
+    length = window_frames(config) * config.frame_length
+    if not config.score_whole_window:
+        return length - config.segment_length, length
+    from training.model import conditioning_context
+
+    edge = conditioning_context(config) * config.frame_length if config.use_mel else 0
+    return max(1, edge), length - edge
 
 
 def segment_dataset(utterances: list[Utterance], config: Config, batch_size: int, seed: int):

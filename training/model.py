@@ -75,16 +75,28 @@ class Upsampler(layers.Layer):
 
     def valid(self, window):
         """Conditioning of the centre of a window: [B, n + 2*context, n_mels] -> [B, n * hop, C]."""
+        return self.upsample(self.frames(window))
+
+    def frames(self, window):
+        """The frame-rate (non-linear) part: [B, frames, n_mels] -> [B, frames - 2 * cond_layers, C]."""
         x = window
         if self.normalize:
             center, inv_scale = mel_normalization(self.pad_value)
             x = (x - center) * inv_scale
         for conv in self.convs:
             x = conv(x)  # [B, frames - 2, C]
+        return x
+
+    def upsample(self, x):
+        """The linear part: [B, frames', K] -> [B, (frames' - 2 * (context - cond_layers)) * hop, K] for any width K.
+
+        Linear and the same filter for every channel, so it commutes with a projection of the channels: the
+        streaming conditioner projects at frame rate first (the per-layer conditioning weights), then upsamples.
+        """
         for s, kernel in zip(self.upsample_scales, self.kernels):
-            x = ops.repeat(x, s, axis=1)  # [B, samples * s, C]
+            x = ops.repeat(x, s, axis=1)  # [B, samples * s, K]
             depthwise = ops.tile(ops.cast(kernel, x.dtype)[:, None, None], (1, x.shape[-1], 1))
-            x = ops.depthwise_conv(x, depthwise, padding="valid")  # [B, samples * s - 2s, C]
+            x = ops.depthwise_conv(x, depthwise, padding="valid")  # [B, samples * s - 2s, K]
         c = self.crop()
         return x[:, c:ops.shape(x)[1] - c]
 
@@ -213,169 +225,3 @@ def build_model(config: Config) -> WaveNet:
     model = WaveNet(config, name="wavenet")
     model(model_inputs(config, 1, config.frame_length * 2))
     return model
-
-
-# ----------------------------------------------------------------------------------------- the single-step form
-# One autoregressive step with external state (the fast generation algorithm): every layer l keeps its inputs
-# from the last (k-1) * d_l steps outside the graph; a step reads the taps it needs and returns the layers'
-# current inputs to be stored. Each layer's conv taps and conditioning projection are fused into one matrix, so
-# a layer costs one FULLY_CONNECTED:  a_l = concat(taps_l, x_l, c) @ W_l + b_l + speaker_bias_l.
-# All tensors are 2-D [rows * B, channels] (row-major over rows, then streams) and split/concatenated along axis
-# 0: no reshapes in the graph, and the runtime's ring buffer rows map onto them without transposes.
-# Row 0 of `state` is the current sample's embedding (layer 0's current input, written by the runtime into its
-# ring buffer before gathering), so one input carries everything the residual stack reads.
-
-def state_layout(config: Config) -> list[tuple[int, int]]:
-    """(layer, delay) of every row of the step's ``state`` input, in order.
-
-    Row 0 is (0, 0): layer 0's current input, the embedding of the previous sample. Then layer l's rows are its
-    inputs from (k-1)*d, ..., 2d, d steps ago (the order of the kernel's taps).
-    """
-    k = config.kernel_size
-    return [(0, 0)] + [(layer, (k - 1 - j) * d) for layer, d in enumerate(config.dilations) for j in range(k - 1)]
-
-
-def step_weights(model: WaveNet) -> dict:
-    """Fused float32 numpy weights of the single-step form (see the comment above)."""
-    cfg = model.config
-    layers_ = []
-    for block in model.blocks:
-        kernel = block.conv.kernel.numpy()  # [k, R, G]: tap j multiplies x[t - (k-1-j) d]
-        parts = [kernel[j] for j in range(cfg.kernel_size)]
-        if block.cond is not None:
-            parts.append(block.cond.kernel.numpy())  # [C, G]
-        layers_.append({"w": np.concatenate(parts, axis=0), "b": block.conv.bias.numpy(),
-                        "res_w": None if block.res is None else block.res.kernel.numpy(),
-                        "res_b": None if block.res is None else block.res.bias.numpy()})
-    speaker_bias = None
-    if model.speaker_embed is not None:
-        emb = model.speaker_embed.embeddings.numpy()  # [speakers, D]
-        speaker_bias = np.stack([emb @ b.speaker.kernel.numpy() for b in model.blocks], axis=1)  # [speakers, L, G]
-    return {"layers": layers_, "skip_w": model.skip.kernel.numpy(), "skip_b": model.skip.bias.numpy(),
-            "head1_w": model.head1.kernel.numpy(), "head1_b": model.head1.bias.numpy(),
-            "head2_w": model.head2.kernel.numpy(), "head2_b": model.head2.bias.numpy(),
-            "embedding": model.embed.embeddings.numpy(), "speaker_bias": speaker_bias}
-
-
-def step_input_specs(config: Config, batch: int) -> dict:
-    """Names and shapes of the step graph's inputs (the exported signature)."""
-    import tensorflow as tf
-
-    r, rows = config.residual_channels, len(state_layout(config))
-    specs = {"state": tf.TensorSpec([rows * batch, r], tf.float32, "state")}
-    if config.use_mel:
-        specs["cond"] = tf.TensorSpec([batch, config.cond_channels], tf.float32, "cond")
-    if config.use_speaker:
-        specs["speaker_bias"] = tf.TensorSpec([config.n_layers * batch, config.gate_channels], tf.float32,
-                                              "speaker_bias")
-    return specs
-
-
-def make_step_function(config: Config, weights: dict, batch: int):
-    """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [(L-1) * B, R]}`` over fixed weights.
-
-    Inputs (see :func:`step_input_specs`): ``state`` [rows * B, R] (the rows of :func:`state_layout`: the current
-    sample's embedding, then every layer's past inputs; each row holds B streams), ``cond`` [B, C] (the
-    conditioning c[t+1] of the sample being predicted) and ``speaker_bias`` [L * B, G] (the speakers' per-layer
-    gate biases). ``new_state`` holds the current inputs of layers 1..L-1 (layer 0's is the embedding, which the
-    runtime already has).
-    """
-    import tensorflow as tf
-
-    k = config.kernel_size
-    const = lambda a: tf.constant(a, tf.float32)  # noqa: E731
-    layer_w = [(const(lw["w"]), const(lw["b"]), None if lw["res_w"] is None else (const(lw["res_w"]), const(lw["res_b"])))
-               for lw in weights["layers"]]
-    skip_w, skip_b = const(weights["skip_w"]), const(weights["skip_b"])
-    head = [(const(weights["head1_w"]), const(weights["head1_b"])), (const(weights["head2_w"]), const(weights["head2_b"]))]
-    specs = step_input_specs(config, batch)
-
-    def step(**inputs):
-        rows = tf.split(inputs["state"], len(state_layout(config)), axis=0)  # n x [B, R]
-        x, taps = rows[0], rows[1:]
-        biases = tf.split(inputs["speaker_bias"], config.n_layers, axis=0) if "speaker_bias" in inputs else None
-        new_state, zs = [], []
-        for l, (w, b, res) in enumerate(layer_w):
-            if l:
-                new_state.append(x)
-            parts = taps[l * (k - 1):(l + 1) * (k - 1)] + [x]
-            if "cond" in inputs:
-                parts.append(inputs["cond"])
-            a = tf.matmul(tf.concat(parts, axis=-1), w) + b  # [B, G]
-            if biases is not None:
-                a = a + biases[l]
-            f, g = tf.split(a, 2, axis=-1)
-            z = tf.tanh(f) * tf.sigmoid(g)  # [B, H]
-            zs.append(z)
-            if res is not None:
-                x = x + (tf.matmul(z, res[0]) + res[1])  # bias inside: it fuses into the FULLY_CONNECTED
-        skip = tf.matmul(tf.concat(zs, axis=-1), skip_w) + skip_b  # [B, S]
-        hidden = tf.nn.relu(tf.matmul(tf.nn.relu(skip), head[0][0]) + head[0][1])
-        logits = tf.matmul(hidden, head[1][0]) + head[1][1]  # [B, classes]
-        return {"logits": logits, "new_state": tf.concat(new_state, axis=0)}  # [(L-1) * B, R]
-
-    return tf.function(step, input_signature=None).get_concrete_function(**specs)
-
-
-def make_conditioner_function(model: WaveNet, batch: int, frames: int):
-    """A tf.function ``conditioner(mel=[B, frames + 2P, n_mels]) -> {"cond": [B, frames * hop, C]}``.
-
-    P = :func:`conditioning_context` frames each side; the output is c[t] of the window's centre frames. The
-    weights are baked in as constants (:meth:`Upsampler.valid` with plain TF ops), so the graph holds no variables.
-    """
-    import tensorflow as tf
-
-    cfg, up = model.config, model.upsampler
-    convs = [(tf.constant(c.kernel.numpy()), tf.constant(c.bias.numpy())) for c in up.convs]  # [3, Cin, Cout]
-    smooth = [tf.constant(k.numpy()) for k in up.kernels]
-    crop = up.crop()
-    spec = tf.TensorSpec([batch, frames + 2 * up.context, cfg.n_mels], tf.float32, "mel")
-
-    def conditioner(mel):
-        x = mel
-        if up.normalize:
-            center, inv_scale = mel_normalization(up.pad_value)
-            x = (x - center) * inv_scale
-        for kernel, bias in convs:
-            x = tf.tanh(tf.nn.conv1d(x, kernel, stride=1, padding="VALID") + bias)  # [B, F - 2, C]
-        for s, w in zip(cfg.upsample_scales, smooth):
-            n, channels = x.shape[1], x.shape[2]
-            x = tf.reshape(tf.tile(x[:, :, None, :], [1, 1, s, 1]), [batch, n * s, channels])  # repeat s times
-            # valid (2s+1)-tap filter shared by all channels, as one DEPTHWISE_CONV_2D (XNNPACK-vectorised)
-            kernel = tf.tile(tf.reshape(w, [1, 2 * s + 1, 1, 1]), [1, 1, channels, 1])  # folded to a constant
-            x = tf.nn.depthwise_conv2d(x[:, None], kernel, strides=[1, 1, 1, 1], padding="VALID")[:, 0]
-        return {"cond": x[:, crop:x.shape[1] - crop]}
-
-    return tf.function(conditioner).get_concrete_function(mel=spec)
-
-
-def step_loop_logits(model: WaveNet, inputs: dict) -> np.ndarray:
-    """Teacher-forced logits [T, classes] of one utterance computed step by step (tests the step form).
-
-    Keeps the whole history of every layer's input instead of a ring buffer: an independent check of the
-    state bookkeeping the edge runtime does with ring buffers.
-    """
-    cfg = model.config
-    weights = step_weights(model)
-    step = make_step_function(cfg, weights, batch=1)
-    audio = inputs["audio"][0]
-    T = audio.shape[0]
-    cond = None
-    if cfg.use_mel:
-        c = model.upsampler(inputs["mel"]).numpy()[0]  # [T, C]
-        cond = np.concatenate([c[1:], np.zeros_like(c[:1])])  # the prediction at t uses c[t+1]
-    layout = state_layout(cfg)
-    history = np.zeros((T, cfg.n_layers, cfg.residual_channels), np.float32)
-    out = np.zeros((T, cfg.mu_classes), np.float32)
-    for t in range(T):
-        history[t, 0] = weights["embedding"][audio[t]]
-        rows = [history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32) for l, d in layout]
-        feed = {"state": np.stack(rows)}  # [rows, R] (batch 1)
-        if cond is not None:
-            feed["cond"] = cond[t][None]
-        if cfg.use_speaker:
-            feed["speaker_bias"] = weights["speaker_bias"][inputs["speaker"][0]]  # [L, G]
-        result = step(**feed)
-        history[t, 1:] = result["new_state"].numpy().reshape(cfg.n_layers - 1, cfg.residual_channels)
-        out[t] = result["logits"].numpy()[0]
-    return out

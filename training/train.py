@@ -18,7 +18,7 @@ import keras
 
 from training import checkpoint as ckpt_io
 from training.config import Config, ConfigError, receptive_field
-from training.data import load_corpus, segment_dataset, unigram_entropy_bits, window_frames
+from training.data import Corpus, load_corpus, scored_span, segment_dataset, unigram_entropy_bits, window_frames
 from training.evaluate import NLLScorer, utterance_inputs
 from training.model import build_model
 
@@ -51,18 +51,28 @@ def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
 
 
 class DecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Exponential decay ``lr * rate ** (step / decay_steps)``, floored at ``lr_min``."""
+    """The config's learning-rate schedule (``lr_schedule``) after a linear warm-up, floored at ``lr_min``."""
 
     def __init__(self, config: Config):
-        self.lr, self.rate, self.every, self.floor = (config.learning_rate, config.lr_decay_rate,
-                                                      config.lr_decay_steps, config.lr_min)
+        self.kind, self.lr, self.floor = config.lr_schedule, config.learning_rate, config.lr_min
+        self.rate, self.every = config.lr_decay_rate, config.lr_decay_steps
+        self.warmup, self.total = config.warmup_steps, max(1, config.steps)
 
     def __call__(self, step):
-        decayed = self.lr * tf.pow(self.rate, tf.cast(step, tf.float32) / self.every)
-        return tf.maximum(decayed, self.floor)
+        step = tf.cast(step, tf.float32)
+        if self.kind == "cosine":
+            done = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+            decayed = self.floor + (self.lr - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * done))
+        elif self.kind == "inverse_time":
+            decayed = self.lr / (1.0 + self.rate * tf.maximum(step - self.warmup, 0.0) / self.every)
+        else:
+            decayed = self.lr * tf.pow(self.rate, step / self.every)
+        warm = tf.minimum(1.0, (step + 1.0) / self.warmup) if self.warmup else 1.0
+        return tf.maximum(decayed * warm, self.floor)
 
     def get_config(self):
-        return {"lr": self.lr, "rate": self.rate, "every": self.every, "floor": self.floor}
+        return {"kind": self.kind, "lr": self.lr, "rate": self.rate, "every": self.every, "floor": self.floor,
+                "warmup": self.warmup, "total": self.total}
 
 
 def resolve_config(requested: Config, run_dir: Path) -> Config:
@@ -108,6 +118,138 @@ class Progress:
             sys.stderr.write("\n")
 
 
+class RunFolder:
+    """A run folder's bookkeeping: ``config.json``, ``run.json`` (data, best validation, CPU time), checkpoints."""
+
+    def __init__(self, run_dir: Path, config: Config, data: DataArgs, corpus: Corpus):
+        self.dir, self.config = run_dir, config
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.clean_temporaries(run_dir)
+        config.to_json(run_dir / "config.json")
+        self.info = ckpt_io.read_run_info(run_dir)
+        self.info.update({"data": data.__dict__, "train_files": len(corpus.train), "val_files": len(corpus.val)})
+        ckpt_io.write_json_atomic(run_dir / "run.json", self.info)
+        best_nll = self.info.get("best_val_nll_bits")
+        self.best_step, self.best_nll = self.info.get("best_step"), math.inf if best_nll is None else best_nll
+        self._cpu_start, self._cpu_before = time.process_time(), self.info.get("cpu_seconds", 0.0)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this run's training processes, summed over resumes (for comparisons at equal CPU time)."""
+        return self._cpu_before + time.process_time() - self._cpu_start
+
+    def save(self, step: int, val_nll: float | None, extra: dict, learner: "Learner") -> None:
+        """Writes a checkpoint, updates the best validation and ``run.json``, prunes old checkpoints."""
+        if val_nll is not None and val_nll < self.best_nll:
+            self.best_step, self.best_nll = step, val_nll
+        ckpt_io.save_checkpoint(self.dir, step, learner.variables, learner.ema, learner.optimizer.variables,
+                                {"val_nll_bits": val_nll, **extra})
+        self.info.update(best_step=self.best_step, cpu_seconds=self.cpu_seconds(),
+                         best_val_nll_bits=None if math.isinf(self.best_nll) else self.best_nll)
+        ckpt_io.write_json_atomic(self.dir / "run.json", self.info)
+        ckpt_io.prune(self.dir, self.config.keep_checkpoints, self.best_step)
+
+    def log_validation(self, record: dict) -> None:
+        with open(self.dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({**record, "time": time.time(), "cpu_seconds": self.cpu_seconds()}) + "\n")
+
+
+class Learner:
+    """The model, its optimizer and the EMA of its weights, built under a strategy's scope."""
+
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy):
+        if config.mixed_precision != "none":
+            keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+        with strategy.scope():
+            self.model = build_model(config)
+            self.optimizer = keras.optimizers.Adam(DecaySchedule(config), beta_2=config.adam_beta2)
+            self.optimizer.build(self.model.trainable_variables)
+            self.ema = [tf.Variable(v.value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                        for v in self.model.trainable_variables]
+        self.variables = self.model.trainable_variables
+
+    def restore_latest(self, run_dir: Path, log) -> int:
+        """Loads the newest checkpoint of the run, if any; returns its step (0 for a new run)."""
+        existing = ckpt_io.checkpoints(run_dir)
+        if not existing:
+            return 0
+        state = ckpt_io.restore_checkpoint(existing[-1], self.variables, self.ema, self.optimizer.variables)
+        log(f"resumed from {existing[-1].name} (step {state['step']})")
+        return state["step"]
+
+
+class TrainStep:
+    """One optimizer step on a global batch: loss on the scored span, gradients (all-reduced over replicas),
+    clipping, Adam, then the EMA update."""
+
+    def __init__(self, config: Config, learner: Learner, strategy: tf.distribute.Strategy):
+        self.config, self.learner, self.strategy = config, learner, strategy
+        self.first, self.last = scored_span(config)
+        self._loss_and_grads = tf.function(self._loss_and_grads_eager, jit_compile=config.jit_compile)
+
+    def _loss_and_grads_eager(self, batch):
+        model, first, last = self.learner.model, self.first, self.last
+        with tf.GradientTape() as tape:
+            logits = model(batch, training=True)[:, first - 1:last - 1]  # [b, scored, classes]
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["audio"][:, first:last], logits))
+        # Dense gradients (the embeddings' are IndexedSlices): small tables, and all-reduce/clip need tensors.
+        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.learner.variables)]
+
+    def _replica_step(self, batch):
+        learner = self.learner
+        loss, grads = self._loss_and_grads(batch)
+        ctx = tf.distribute.get_replica_context()
+        n = ctx.num_replicas_in_sync
+        if n > 1:  # clip the global mean gradient, then hand the optimizer its share (it sums over replicas)
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+            loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss)
+        grads, norm = tf.clip_by_global_norm(grads, self.config.grad_clip_norm)
+        learner.optimizer.apply_gradients(zip([g / n for g in grads], learner.variables))
+        it = tf.cast(learner.optimizer.iterations, tf.float32)
+        decay = tf.minimum(self.config.ema_decay, (1.0 + it) / (10.0 + it))  # short warm-up of the average
+        for e, v in zip(learner.ema, learner.variables):
+            e.assign(decay * e + (1.0 - decay) * v)
+        return loss, norm
+
+    @tf.function
+    def __call__(self, batch):
+        loss, norm = self.strategy.run(self._replica_step, args=(batch,))
+        mean = tf.distribute.ReduceOp.MEAN
+        return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(mean, norm, axis=None)
+
+
+def training_batches(config: Config, corpus: Corpus, strategy: tf.distribute.Strategy, start: int):
+    """An endless iterator of distributed global batches; each input pipeline draws its own random windows."""
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {strategy.num_replicas_in_sync} replicas")
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        seed = config.seed * 1000003 + start * 131 + ctx.input_pipeline_id  # a distinct seed is the sharding
+        return segment_dataset(corpus.train, config, ctx.get_per_replica_batch_size(config.batch_size), seed)
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second one gives up at once)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def _on_signal(self, signum, frame):
+        if self.signal is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signal = signum
+
+    def __enter__(self):
+        self._handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._handlers.items():
+            signal.signal(s, h)
+
+
 def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strategy: tf.distribute.Strategy | None = None,
           progress: bool = True, log=print) -> dict:
     """Trains (or resumes) a run and returns a summary dict.
@@ -121,7 +263,7 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
         log: where one-line messages go.
 
     Returns:
-        {"step", "best_step", "val_nll_bits", "samples_per_s", "receptive_field", "interrupted"}.
+        {"step", "best_step", "val_nll_bits", "samples_per_s", "receptive_field", "interrupted", ...}.
     """
     run_dir = Path(run_dir)
     strategy = strategy or choose_strategy()
@@ -130,152 +272,84 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
                          val_fraction=data.val_fraction)
     if config.use_speaker and not config.speakers:
         config = config.replace(speakers=corpus.speakers)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_io.clean_temporaries(run_dir)
-    config.to_json(run_dir / "config.json")
-    info = ckpt_io.read_run_info(run_dir)
-    info.update({"data": data.__dict__, "train_files": len(corpus.train), "val_files": len(corpus.val)})
-    ckpt_io.write_json_atomic(run_dir / "run.json", info)
+    run = RunFolder(run_dir, config, data, corpus)
     rf = receptive_field(config)
     log(f"receptive field {rf} samples ({1000 * rf / config.sample_rate:.1f} ms); {len(corpus.train)} training and "
         f"{len(corpus.val)} validation files; {strategy.num_replicas_in_sync} replica(s)")
-    if config.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
-
-    with strategy.scope():
-        model = build_model(config)
-        optimizer = keras.optimizers.Adam(DecaySchedule(config))
-        optimizer.build(model.trainable_variables)
-        ema = [tf.Variable(v.value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-               for v in model.trainable_variables]
-    variables = model.trainable_variables
-    start = 0
-    existing = ckpt_io.checkpoints(run_dir)
-    if existing:
-        state = ckpt_io.restore_checkpoint(existing[-1], variables, ema, optimizer.variables)
-        start = state["step"]
-        log(f"resumed from {existing[-1].name} (step {start})")
-
-    scorer = NLLScorer(model, config)
-    best_nll = info.get("best_val_nll_bits")
-    best = {"step": info.get("best_step"), "nll": math.inf if best_nll is None else best_nll}
-
-    def validate(step: int) -> float | None:
-        if not corpus.val:
-            return None
-        with ema_weights(variables, ema):
-            return scorer(corpus.val)[0]
-
-    def save(step: int, val_nll: float | None, extra: dict) -> None:
-        if val_nll is not None and val_nll < best["nll"]:
-            best.update(step=step, nll=val_nll)
-        ckpt_io.save_checkpoint(run_dir, step, variables, ema, optimizer.variables,
-                                {"val_nll_bits": val_nll, **extra})
-        info.update(best_step=best["step"], best_val_nll_bits=None if math.isinf(best["nll"]) else best["nll"])
-        ckpt_io.write_json_atomic(run_dir / "run.json", info)
-        ckpt_io.prune(run_dir, config.keep_checkpoints, best["step"])
-
+    learner = Learner(config, strategy)
+    start = learner.restore_latest(run_dir, log)
+    validator = Validator(learner, config, corpus, run)
+    summary = {"step": start, "val_nll_bits": None, "samples_per_s": None, "interrupted": False}
     if config.steps <= start:
-        val_nll = validate(start)
-        save(start, val_nll, {})
-        return {"step": start, "best_step": best["step"], "val_nll_bits": val_nll, "samples_per_s": None,
-                "receptive_field": rf, "interrupted": False}
-
-    global_batch = config.batch_size
-    if global_batch % strategy.num_replicas_in_sync:
-        raise ConfigError(f"batch_size {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
-
-    def dataset_fn(ctx: tf.distribute.InputContext):
-        # Each input pipeline draws its own random windows: a distinct seed per pipeline is the sharding.
-        seed = config.seed * 1000003 + start * 131 + ctx.input_pipeline_id
-        return segment_dataset(corpus.train, config, ctx.get_per_replica_batch_size(global_batch), seed)
-
-    batches = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    seg = config.segment_length
-
-    @tf.function(jit_compile=config.jit_compile)
-    def loss_and_grads(batch):
-        with tf.GradientTape() as tape:
-            logits = model(batch, training=True)[:, -seg - 1:-1]  # [b, seg, classes]: predictions of the segment
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["audio"][:, -seg:], logits))
-        # Dense gradients (the embeddings' are IndexedSlices): small tables, and all-reduce/clip need tensors.
-        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-
-    def replica_step(batch):
-        loss, grads = loss_and_grads(batch)
-        ctx = tf.distribute.get_replica_context()
-        n = ctx.num_replicas_in_sync
-        if n > 1:  # clip the global mean gradient, then hand the optimizer its share (it sums over replicas)
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
-            loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss)
-        grads, norm = tf.clip_by_global_norm(grads, config.grad_clip_norm)
-        optimizer.apply_gradients(zip([g / n for g in grads], variables))
-        it = tf.cast(optimizer.iterations, tf.float32)
-        decay = tf.minimum(config.ema_decay, (1.0 + it) / (10.0 + it))  # short warm-up of the average
-        for e, v in zip(ema, variables):
-            e.assign(decay * e + (1.0 - decay) * v)
-        return loss, norm
-
-    @tf.function
-    def train_step(batch):
-        loss, norm = strategy.run(replica_step, args=(batch,))
-        return (strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.MEAN, norm, axis=None))
-
-    writer = tf.summary.create_file_writer(str(run_dir / "tb"))
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        if stop["signal"] is not None:  # second Ctrl-C: give up at once
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        stop["signal"] = signum
-
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = Progress(config.steps, start, progress)
-    step, val_nll, rate, losses = start, None, 0.0, []
-    train_time, timed_samples = 0.0, 0
-    samples_per_step = global_batch * seg
-    try:
-        while step < config.steps and stop["signal"] is None:
-            t = time.perf_counter()
-            loss, norm = train_step(next(batches))
-            loss = float(loss)  # waits for the step
-            step += 1
-            losses.append(loss)
-            if step - start > 2:  # the first steps trace and compile
-                train_time += time.perf_counter() - t
-                timed_samples += samples_per_step
-                rate = timed_samples / train_time
-            loss_bits = loss / math.log(2)
-            with writer.as_default(step=step):
-                tf.summary.scalar("train/loss_bits", loss_bits)
-                tf.summary.scalar("train/grad_norm", float(norm))
-                tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate))
-            val_due = step % config.val_every == 0 or step == config.steps
-            if val_due:
-                val_nll = validate(step)
-                _log_validation(writer, step, val_nll, rate, model, ema, variables, corpus, config)
-                with open(run_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "train_loss_bits": float(np.mean(losses)) / math.log(2),
-                                        "val_nll_bits": val_nll, "samples_per_s": rate, "time": time.time()}) + "\n")
-                losses = []
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save(step, val_nll if val_due else None, {"samples_per_s": rate})
-            val_text = f" val {val_nll:.3f}" if val_nll is not None else ""
-            bar.update(step, f"loss {loss_bits:.3f} bits{val_text} {rate:,.0f} samples/s", force=val_due)
-        if stop["signal"] is not None and step > start:
-            save(step, None, {"samples_per_s": rate, "interrupted": True})
-            log(f"\ninterrupted: saved checkpoint at step {step}")
-    finally:
-        bar.close()
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        writer.flush()
-    return {"step": step, "best_step": best["step"], "val_nll_bits": val_nll, "samples_per_s": rate,
-            "receptive_field": rf, "interrupted": stop["signal"] is not None,
+        summary["val_nll_bits"] = validator(start, None)
+        run.save(start, summary["val_nll_bits"], {}, learner)
+    else:
+        summary.update(_loop(config, corpus, strategy, learner, run, validator, start, progress, log))
+    return {**summary, "best_step": run.best_step, "receptive_field": rf,
             "val_unigram_entropy_bits": unigram_entropy_bits(corpus.val) if corpus.val else None,
             "window_samples": window_frames(config) * config.frame_length}
+
+
+class Validator:
+    """Validation NLL with the EMA weights, and its TensorBoard scalars and audio."""
+
+    def __init__(self, learner: Learner, config: Config, corpus: Corpus, run: RunFolder):
+        self.learner, self.config, self.corpus = learner, config, corpus
+        self.scorer = NLLScorer(learner.model, config)
+        self.writer = tf.summary.create_file_writer(str(run.dir / "tb"))
+
+    def __call__(self, step: int, rate: float | None) -> float | None:
+        val_nll = None
+        if self.corpus.val:
+            with ema_weights(self.learner.variables, self.learner.ema):
+                val_nll = self.scorer(self.corpus.val)[0]
+        if rate is not None:
+            _log_validation(self.writer, step, val_nll, rate, self.learner.model, self.learner.ema,
+                            self.learner.variables, self.corpus, self.config)
+        return val_nll
+
+
+def _loop(config, corpus, strategy, learner: Learner, run: RunFolder, validator: Validator, start: int,
+          progress: bool, log) -> dict:
+    """The training loop from ``start`` to ``config.steps`` (or a stop signal): steps, logs, validation, saves."""
+    step_fn, batches = TrainStep(config, learner, strategy), training_batches(config, corpus, strategy, start)
+    writer, bar = validator.writer, Progress(config.steps, start, progress)
+    step, val_nll, rate, losses = start, None, 0.0, []
+    train_time, timed_samples = 0.0, 0
+    samples_per_step = config.batch_size * (step_fn.last - step_fn.first)
+    with StopSignals() as stop:
+        try:
+            while step < config.steps and stop.signal is None:
+                t = time.perf_counter()
+                loss, norm = step_fn(next(batches))
+                loss = float(loss)  # waits for the step
+                step += 1
+                losses.append(loss)
+                if step - start > 2:  # the first steps trace and compile
+                    train_time += time.perf_counter() - t
+                    timed_samples += samples_per_step
+                    rate = timed_samples / train_time
+                with writer.as_default(step=step):
+                    tf.summary.scalar("train/loss_bits", loss / math.log(2))
+                    tf.summary.scalar("train/grad_norm", float(norm))
+                    tf.summary.scalar("train/learning_rate", float(learner.optimizer.learning_rate))
+                val_due = step % config.val_every == 0 or step == config.steps
+                if val_due:
+                    val_nll = validator(step, rate)
+                    run.log_validation({"step": step, "train_loss_bits": float(np.mean(losses)) / math.log(2),
+                                        "val_nll_bits": val_nll, "samples_per_s": rate})
+                    losses = []
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    run.save(step, val_nll if val_due else None, {"samples_per_s": rate}, learner)
+                val_text = f" val {val_nll:.3f}" if val_nll is not None else ""
+                bar.update(step, f"loss {loss / math.log(2):.3f} bits{val_text} {rate:,.0f} samples/s", force=val_due)
+            if stop.signal is not None and step > start:
+                run.save(step, None, {"samples_per_s": rate, "interrupted": True}, learner)
+                log(f"\ninterrupted: saved checkpoint at step {step}")
+        finally:
+            bar.close()
+            writer.flush()
+    return {"step": step, "val_nll_bits": val_nll, "samples_per_s": rate, "interrupted": stop.signal is not None}
 
 
 @contextlib.contextmanager

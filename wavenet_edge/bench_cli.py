@@ -80,8 +80,9 @@ def bench(models, seconds, runs, threads_text, device, streams, baselines, basel
             raise InputError(f"{d} was exported with batch {batch}; export it with --batch {streams} for --streams {streams}")
     report = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device_info(),
               "settings": {"seconds": seconds, "runs": runs, "threads": threads, "device": device}, "results": []}
-    click.echo(f"{report['device']['cpu']} ({report['device']['cores']} cores), {report['device']['interpreter']}",
-               err=True)
+    features = ", ".join(report["device"]["cpu_features"]) or "none of AVX2/AVX-512/VNNI/NEON/dotprod/fp16"
+    click.echo(f"{report['device']['cpu']} ({report['device']['cores']} cores; {features}), "
+               f"{report['device']['interpreter']}", err=True)
     click.echo(f"{'model':<34} {'thr':>3} {'µs/sample':>10} {'p99':>7} {'RTF':>6} {'first ms':>8} "
                f"{'streams@16k':>11} {'load s':>6} {'MB':>6}")
     for d in dirs:
@@ -111,7 +112,7 @@ def bench(models, seconds, runs, threads_text, device, streams, baselines, basel
                        f"({base['speedup_vs_tf_step']:.1f}x slower), naive {base['naive_us_per_sample']:.0f} µs/sample "
                        f"({base['speedup_vs_naive']:.0f}x slower)")
     if json_out:
-        from edge_runtime.wavio import write_text_atomic
+        from edge_runtime.files import write_text_atomic
 
         write_text_atomic(json_out, json.dumps(report, indent=1) + "\n")
         click.echo(f"wrote {json_out}", err=True)

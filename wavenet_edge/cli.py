@@ -102,16 +102,25 @@ def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, a
 @click.option("--chunk-frames", default=None, type=int,
               help="Mel frames per conditioner call (default 4; each call also computes the context frames around it).")
 @click.option("--eval-samples", default=200_000, type=int, help="Samples scored per variant for the report.")
+@click.option("--temperature", default=None, type=float,
+              help="Sampling temperature the manifest recommends (the runtime's default for this model).")
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
 @clean_errors
-def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_data, chunk_frames, eval_samples, force):
+def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_data, chunk_frames, eval_samples,
+                   temperature, force):
     """Export a run's checkpoint to TFLite step/conditioner graphs with a manifest and a quality report."""
+    from pathlib import Path
+
+    from edge_runtime.errors import WavenetEdgeError
+
+    if Path(out_dir).exists() and not force:  # the library's message cannot name the flag
+        raise WavenetEdgeError(f"{out_dir} exists: choose a new folder or pass --force to replace it")
     require_tensorflow()
     from convert.export import DEFAULT_CHUNK_FRAMES, export, format_report
 
     chunk_frames = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
     report = export(run_dir, out_dir, quantize, batch=batch, checkpoint=checkpoint, calibration_data=calibration_data,
-                    force=force, chunk_frames=chunk_frames, eval_samples=eval_samples,
+                    force=force, chunk_frames=chunk_frames, eval_samples=eval_samples, temperature=temperature,
                     log=lambda m: click.echo(m, err=True))
     click.echo(format_report(report))
     click.echo(f"wrote {out_dir}")

@@ -8,20 +8,9 @@ import sys
 
 import click
 
+from edge_runtime.errors import WavenetEdgeError
+
 EXIT_BAD_INPUT = 2
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, from the modules already imported (never importing TensorFlow)."""
-    from edge_runtime.errors import EdgeError
-
-    errors: list[type[BaseException]] = [OSError, EdgeError]
-    for module, name in [("training.config", "ConfigError"), ("training.checkpoint", "CheckpointError"),
-                         ("convert.export", "ExportError")]:
-        mod = sys.modules.get(module)
-        if mod is not None:
-            errors.append(getattr(mod, name))
-    return tuple(errors)
 
 
 def clean_errors(fn):
@@ -33,7 +22,7 @@ def clean_errors(fn):
             return fn(*args, **kwargs)
         except click.exceptions.ClickException:
             raise
-        except _expected_errors() as e:
+        except (OSError, WavenetEdgeError) as e:  # every error of ours derives from WavenetEdgeError
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             click.echo(f"error: {message}", err=True)
             sys.exit(EXIT_BAD_INPUT)

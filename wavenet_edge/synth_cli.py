@@ -87,8 +87,8 @@ def _source(synth, wav, mel, seconds, speaker):
 @click.option("--mel", type=click.Path(), help="Log-mel frames as .npy [frames, n_mels].")
 @click.option("--seconds", type=float, help="Free generation (models without local conditioning).")
 @click.option("--speaker", default=None, help="Speaker name or index (multi-speaker models; default the first).")
-@click.option("--temperature", default=0.5, show_default=True, type=float,
-              help="Sampling temperature (0: most likely sample; 0.5 scored best for the shipped model).")
+@click.option("--temperature", default=None, type=float,
+              help="Sampling temperature (0: most likely sample; default: the model's recommended one, else 0.5).")
 @click.option("--seed", default=None, type=int, help="Seed for reproducible audio.")
 @click.option("--out", type=click.Path(), help="Write a 16-bit WAV (atomically).")
 @click.option("--play", is_flag=True, help="Play through the default sound device while synthesising.")

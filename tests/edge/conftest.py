@@ -56,12 +56,23 @@ def jack_server(tmp_path):
     import time
 
     if shutil.which("jackd") is None:
-        pytest.fail("jackd is not installed (apt-get install --no-install-recommends jackd2; .ci/run does)")
+        pytest.fail("jackd is not installed (apt-get install --no-install-recommends jackd2; tools/test.sh does)")
     name = f"wavenet-test-{os.getpid()}"
     proc = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "8000", "-p", "256"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
-    assert proc.poll() is None, "jackd did not start"
+    # Ready when its playback port exists (an event, not a fixed wait): jack_lsp, of jackd2, lists the ports.
+    env = {**os.environ, "JACK_DEFAULT_SERVER": name, "JACK_NO_START_SERVER": "1", "HOME": str(tmp_path)}
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        ports = subprocess.run(["jack_lsp"], capture_output=True, text=True, env=env, timeout=30).stdout
+        if "system:playback_1" in ports:
+            break
+        time.sleep(0.02)
+    else:
+        exited = proc.poll()
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"jackd exited with {exited}" if exited is not None else "jackd offered no port within 60 s")
     yield {"JACK_DEFAULT_SERVER": name, "HOME": str(tmp_path)}
     proc.terminate()
     proc.wait(timeout=10)

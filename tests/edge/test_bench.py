@@ -30,6 +30,10 @@ def test_bench_end_to_end(built, tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert data["schema"] == "wavenet-edge-bench/1" and data["device"]["cores"] >= 1
+    from edge_runtime.bench import cpu_features
+
+    assert data["device"]["cpu_features"] == cpu_features()  # recorded, and printed above the table
+    assert (", ".join(cpu_features()) or "none of") in r.stderr
     assert [(x["variant"], x["threads"]) for x in data["results"]] == [
         (v, t) for v in ("dynamic", "float16", "float32", "int8") for t in (1, 2)]
     for x in data["results"]:
@@ -53,6 +57,27 @@ def test_bench_streams_and_baselines(built, tmp_path):
     assert_clean_error(run_cli("bench", str(tmp_path)), "not a model folder")
 
 
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse sse2 avx f16c fma avx2 bmi2\n"
+X86_VNNI = ("model name\t: Intel(R) Xeon(R)\nflags\t\t: fpu avx avx2 fma f16c avx512f avx512bw avx512_vnni "
+            "avx_vnni avx512_bf16\n")
+PI4 = "processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n"
+PI5 = ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+       "asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n")
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (X86_AVX2, ["AVX2", "FMA", "F16C"]),
+    (X86_VNNI, ["AVX2", "FMA", "F16C", "AVX-512", "AVX-512 VNNI", "AVX-VNNI", "AVX-512 BF16"]),
+    (PI4, ["NEON"]),
+    (PI5, ["NEON", "dotprod", "fp16"]),
+    ("", []),
+])
+def test_cpu_features(cpuinfo, expected):
+    from edge_runtime.bench import cpu_features
+
+    assert cpu_features(cpuinfo) == expected
+
+
 def report(*args):
     return subprocess.run([sys.executable, str(REPO / "tools/bench_report.py"), *map(str, args)],
                           capture_output=True, text=True)
@@ -66,6 +91,11 @@ def test_report_table_plot_and_regressions(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]  # minus the header
     assert len(rows) == len(data["results"]) == 4
     assert "| s @ 16 kHz | dynamic | 1 | 1 | 31.8 |" in table and "TF tf.function step" in table
+    assert "| CPU features not recorded |" in table  # the fixture predates cpu_features
+    featured = {**data, "device": {**data["device"], "cpu_features": ["AVX2", "FMA"]}}
+    (tmp_path / "featured.json").write_text(json.dumps(featured))
+    assert report(tmp_path / "featured.json", "--out", tmp_path / "f.md").returncode == 0
+    assert "| AVX2, FMA |" in (tmp_path / "f.md").read_text()
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert report(FIXTURE, "--compare", FIXTURE).returncode == 0  # identical: no regression
     slower = json.loads(FIXTURE.read_text())

@@ -111,9 +111,11 @@ def test_unconditioned_model_generates_free_audio(built):
 def test_manifest_contents(built):
     m = load_manifest(built / "models/int8")
     data = m.data
-    assert data["format_version"] == 1 and data["variant"] == "int8" and data["speakers"] == ["alice", "bob"]
+    assert data["format_version"] == 2 and data["variant"] == "int8" and data["speakers"] == ["alice", "bob"]
     assert data["dilations"] == [1, 2, 4, 8] and data["state"]["rows"] == [[0, 0], [0, 1], [1, 2], [2, 4], [3, 8]]
-    assert set(data["step"]["inputs"]) == {"cond", "speaker_bias", "state"}
+    assert set(data["step"]["inputs"]) == {"cond", "state"} and data["step"]["inputs"]["cond"]["shape"] == [4, 32]
+    assert set(data["conditioner"]["inputs"]) == {"mel", "speaker_bias"}  # it adds the speakers' gate biases
+    assert data["conditioner"]["outputs"]["cond"]["shape"] == [1, 4 * 32, 4 * 32]  # every layer's gate input
     assert all(p["dtype"] == "int8" and p["scale"] > 0 for p in data["step"]["inputs"].values())
     assert data["conditioner"]["lookahead_frames"] == 3 and data["conditioner"]["inputs"]["mel"]["shape"] == [1, 4 + 2 * 3, 16]
     assert m.embedding.shape == (256, 16) and m.speaker_bias.shape == (2, 4, 32)
@@ -132,3 +134,19 @@ def test_int8_step_graph_is_edge_tpu_compatible(built):
     assert all(len(t["shape"]) <= 1 for t in tensors if np.dtype(t["dtype"]) == np.int32)
     assert max(len(t["shape"]) for t in tensors) <= 3
     assert all(-1 not in list(t["shape_signature"]) for t in tensors)
+
+
+def test_format_versions(built, tmp_path):
+    # Exports write format 2; format 1 (the shipped voices) still runs (test_shipped.py). Any other version, or a
+    # graph that does not have the inputs its version says, is one clean ModelError.
+    import shutil
+
+    from edge_runtime.errors import ModelError
+
+    model = shutil.copytree(built / "models/float32", tmp_path / "model")
+    data = json.loads((model / "manifest.json").read_text())
+    for version, message in [(3, "format version 3; this runtime reads versions 1, 2"), ("2", "format version '2'"),
+                             (1, "step.tflite has inputs")]:
+        (model / "manifest.json").write_text(json.dumps(dict(data, format_version=version)))
+        with pytest.raises(ModelError, match=message):
+            Synthesizer.load(model)

@@ -50,7 +50,7 @@ def test_reference_sizes():
     s, xs, paper = Config.preset("s"), Config.preset("xs"), Config.preset("paper")
     assert s.dilations == tuple(2**i for i in range(10)) * 2
     assert receptive_field(s) == 2047
-    # findings.md: the reference model costs about 0.9 M multiply-adds per sample
+    # the reference model costs about 0.9 M multiply-adds per sample (2 x 10 layers, 64/128/128)
     assert 0.85e6 < macs_per_sample(s) < 0.95e6
     assert macs_per_sample(xs) < 0.25 * macs_per_sample(s)  # "well under a third"
     assert paper.dilations == tuple(2**i for i in range(10)) * 3 and paper.mu_classes == 256
@@ -61,3 +61,35 @@ def test_config_is_frozen():
     c = Config.preset("tiny")
     with pytest.raises(AttributeError):
         c.stacks = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("preemphasis=2", r"preemphasis must be in \[0, 1\)"),
+    ("preemphasis=-0.1", r"preemphasis must be in \[0, 1\)"),
+    ("lr_schedule=linear", "lr_schedule must be one of exponential, cosine, inverse_time"),
+    ("adam_beta2=1", r"adam_beta2 must be in \(0, 1\)"),
+    ("warmup_steps=-5", "warmup_steps must be >= 0"),
+    ("lr_min=0.1", "lr_min <= learning_rate"),
+])
+def test_recipe_options_are_checked(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.preset("s").with_overrides([setting])
+
+
+def test_bad_recipe_option_on_the_command_line_is_a_clean_error(tmp_path):
+    from tests.helpers import assert_clean_error, run_cli
+
+    result = run_cli("train", "--preset", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                     "--set", "preemphasis=2")
+    assert_clean_error(result, "preemphasis must be in [0, 1)")
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_old_configs_keep_their_recipe():
+    """A config saved before the recipe options existed loads with the recipe it was trained with."""
+    values = Config.preset("s").to_dict()
+    for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis"):
+        values.pop(key)
+    old = Config.from_dict(values)
+    assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (
+        "exponential", 0, 0.999, False, 0.0)

@@ -123,7 +123,35 @@ def test_bad_data_folders_give_clean_errors(tmp_path, tiny_data):
     assert_clean_error(_train(zero, tmp_path / "r5"), "empty.wav")
 
     assert_clean_error(_train(tiny_data, tmp_path / "r6", "--speaker-regex", r"^(?P<speaker>zz)"),
-                       "--speaker-regex", "does not match")
+                       "speaker regex", "does not match")
     assert_clean_error(_train(tiny_data, tmp_path / "r7", "--set", "residual_chanels=3"),
                        "unknown config key 'residual_chanels'")
     assert not (tmp_path / "r6").exists() and not (tmp_path / "r7").exists()
+
+
+def test_whole_window_scoring_spans(tiny_config):
+    from training.data import scored_span
+    from training.model import conditioning_context
+
+    hop = tiny_config.hop_length
+    first, last = scored_span(tiny_config)  # classic: the last segment after a receptive field of context
+    assert last == window_frames(tiny_config) * hop and last - first == tiny_config.segment_length
+    assert first >= receptive_field(tiny_config)
+    whole = tiny_config.replace(score_whole_window=True)
+    first, last = scored_span(whole)
+    assert window_frames(whole) * hop == tiny_config.segment_length  # no unscored context in the window
+    edge = conditioning_context(whole) * hop  # frames whose conditioning saw padding are left out
+    assert (first, last) == (edge, tiny_config.segment_length - edge)
+
+
+def test_preemphasis_shapes_the_targets_not_the_mel(tiny_data, tiny_config):
+    from edge_runtime.audio import preemphasize
+    from training.data import prepare
+
+    audio = voice(np.random.default_rng(0), 150.0, 0.5, 8000)
+    plain = prepare(audio, tiny_config, "a", 0)
+    emph = prepare(audio, tiny_config.replace(preemphasis=0.85), "a", 0)
+    np.testing.assert_array_equal(emph.mel, plain.mel)  # the conditioning describes the speech itself
+    n = plain.num_samples
+    np.testing.assert_array_equal(emph.classes, mu_law_encode(preemphasize(audio[:n], 0.85)))
+    assert not np.array_equal(emph.classes, plain.classes)

@@ -39,6 +39,13 @@ def _assert_all_checkpoints_readable(run_dir: Path) -> list[int]:
     return steps
 
 
+def _listing(run_dir: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(run_dir / "checkpoints"))
+    except FileNotFoundError:
+        return []
+
+
 def _resumed_step(stderr: str) -> int | None:
     for line in stderr.splitlines():
         if line.startswith("resumed from "):
@@ -59,7 +66,16 @@ def test_sigkill_at_random_moments_always_resumes_from_the_last_complete_checkpo
         while time.time() < deadline and not any(s > (last or 0) for s in map(ckpt_io.step_of,
                                                                                ckpt_io.checkpoints(run_dir))):
             time.sleep(0.02)  # wait until this run has saved something of its own
-        time.sleep(rng.uniform(0.0, 1.0))  # then a random moment: a step, a save, a prune
+        # then a random moment counted in events, not seconds: after 0-6 further changes of the checkpoint
+        # folder (a .tmp- folder appearing, a rename, a prune), so the kill lands in a step, a save or a prune
+        # however fast the machine is
+        changes, seen = rng.randint(0, 6), _listing(run_dir)
+        while changes and time.time() < deadline and proc.poll() is None:
+            now = _listing(run_dir)
+            if now != seen:
+                changes, seen = changes - 1, now
+            else:
+                time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL

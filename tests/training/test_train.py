@@ -79,12 +79,14 @@ def test_resume_with_a_different_config_is_an_error(tiny_run, tiny_data):
 def test_interrupt_saves_and_rerun_resumes(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "wavenet_edge.cli", "train", "--preset", "tiny", "--data", str(tiny_data),
-           "--out", str(run_dir), "--steps", "100000", "--set", "checkpoint_every=100000", "--quiet"]
+           "--out", str(run_dir), "--steps", "100000", "--set", "checkpoint_every=100000", "--set", "val_every=3",
+           "--quiet"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run_dir / "tb").exists():
-        time.sleep(0.5)
-    time.sleep(4)  # let it take some steps
+    deadline = time.time() + 300  # an event, not a time: wait for the first validation line (step 3)
+    while time.time() < deadline and proc.poll() is None and not (
+            (run_dir / "log.jsonl").exists() and (run_dir / "log.jsonl").read_text().strip()):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -94,7 +96,8 @@ def test_interrupt_saves_and_rerun_resumes(tiny_data, tmp_path):
     assert [ckpt_io.step_of(c) for c in ckpts] == [summary["step"]]
     # the same command again (five more steps): it resumes from the saved step
     result = run_cli("train", "--preset", "tiny", "--data", str(tiny_data), "--out", str(run_dir),
-                     "--steps", str(summary["step"] + 5), "--set", "checkpoint_every=100000", "--quiet")
+                     "--steps", str(summary["step"] + 5), "--set", "checkpoint_every=100000", "--set", "val_every=3",
+                     "--quiet")
     assert result.returncode == 0, result.stderr
     assert f"resumed from {ckpts[0].name}" in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == summary["step"] + 5
