@@ -41,6 +41,12 @@ class ExportError(WavenetEdgeError):
     """The export cannot be done as asked (the message says why)."""
 
 
+class OutputExists(ExportError):
+    """The model folder exists and replacing it was not asked for (command lines add their flag's name)."""
+
+    HINT = " (--force)"
+
+
 def validation_utterances(run_dir: Path, config: Config, data_dir: str | None):
     """Validation audio: every file of ``data_dir``, else the run's own validation split."""
     from training.data import load_corpus, load_utterances
@@ -264,7 +270,7 @@ def check_request(out_dir: Path, quantize: str, batch: int, chunk_frames: int, t
     if temperature is not None and not 0 <= temperature < 100:
         raise ExportError(f"the recommended temperature must be in [0, 100), got {temperature}")
     if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir} exists: choose a new folder or replace it")
+        raise OutputExists(f"{out_dir} exists: choose a new folder, or force its replacement")
     return variants
 
 
@@ -356,9 +362,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature the manifest recommends.")
     parser.add_argument("--force", action="store_true", help="Replace an existing model folder.")
     args = parser.parse_args(argv)
-    if Path(args.out_dir).exists() and not args.force:
-        print(f"error: {args.out_dir} exists: choose a new folder or pass --force to replace it", file=sys.stderr)
-        sys.exit(2)
     from edge_runtime.interpreter import quiet_native_stderr
 
     with quiet_native_stderr():  # TensorFlow's start-up banners, as the CLI drops them
@@ -369,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
                         eval_samples=args.eval_samples, temperature=args.temperature,
                         log=lambda m: print(m, file=sys.stderr))
     except (OSError, WavenetEdgeError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        hint = OutputExists.HINT if isinstance(e, OutputExists) else ""
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}", file=sys.stderr)
         sys.exit(2)
     print(format_report(report))
     print(f"wrote {args.out_dir}")

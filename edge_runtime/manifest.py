@@ -189,7 +189,9 @@ def _output_settings(data: dict, path: Path) -> tuple[float, float | None]:
         raise ModelError(f"{path}: postfilter coefficient {alpha} does not match the model's pre-emphasis "
                          f"{data['config'].get('preemphasis')}")
     sampling = data.get("sampling") or {}
-    temperature = sampling.get("temperature") if isinstance(sampling, dict) else "bad"
+    if not isinstance(sampling, dict):
+        raise ModelError(f"{path}: sampling must be an object, got {sampling!r}")
+    temperature = sampling.get("temperature")
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or not 0 <= temperature < 100):
         raise ModelError(f"{path}: sampling temperature must be a number in [0, 100), got {temperature!r}")

@@ -10,7 +10,6 @@ import numpy as np
 
 from edge_runtime.errors import InputError
 from edge_runtime.files import remove_stale_temporaries, temporary_sibling
-from edge_runtime.files import write_text_atomic  # noqa: F401  (its old home; import it from edge_runtime.files)
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ from edge_runtime.corpus import load_wav_folder  # noqa: E402
 from edge_runtime.errors import EdgeError  # noqa: E402
 from edge_runtime.evaluate import evaluate_folder  # noqa: E402
 from edge_runtime.synth import Synthesizer, default_model_dir  # noqa: E402
-from edge_runtime.wavio import AtomicWavWriter, write_text_atomic  # noqa: E402
+from edge_runtime.files import portable_path, write_text_atomic  # noqa: E402
+from edge_runtime.wavio import AtomicWavWriter  # noqa: E402
 from quality_metrics import griffin_lim, log_mel_distance, mu_law_round_trip, pesq_nb, stoi, world_resynthesis  # noqa: E402
 
 GAP_SECONDS = 0.1  # silence between clips in the per-speaker concatenations
@@ -134,7 +136,7 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
             per_speaker[name].append({"speaker": speaker, **{m: _mean([s[m] for s in scores]) for m in ("pesq", "stoi", "lmd_db")}})
     audio_seconds = sum(a.shape[0] for _, _, a in clips) / rate
     report = {"schema": "wavenet-edge-quality/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "data": {"folder": str(data), "files_regex": files, "clips": len(clips), "seconds": audio_seconds,
+              "data": {"folder": portable_path(os.path.abspath(data)),  # its name: no path of this machine "files_regex": files, "clips": len(clips), "seconds": audio_seconds,
                        "speakers": sorted(speakers)},
               "settings": {"temperature": temperature if temperature is not None
                            else {model_label(s): s.temperature for s in synths}, "seeds": seeds, "griffin_lim_iterations": gl_iterations,
@@ -142,7 +144,7 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
               "methods": {m: {**summarize(per_clip[m], per_speaker[m]),
                               "rtf": timing[m] / audio_seconds / (len(seeds) if m.startswith("WaveNet") else 1)}
                           for m in methods},
-              "models": {model_label(s): {"folder": str(s.manifest.folder)} for s in synths},
+              "models": {model_label(s): {"folder": portable_path(s.manifest.folder, os.getcwd())} for s in synths},
               "per_speaker": per_speaker, "per_clip": per_clip}
     for s in synths:
         report["models"][model_label(s)]["vs_world"] = {

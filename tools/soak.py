@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_runtime.audio import front_end_params, log_mel  # noqa: E402
 from edge_runtime.corpus import speaker_of  # noqa: E402
-from edge_runtime.files import write_text_atomic  # noqa: E402
+from edge_runtime.files import portable_path, write_text_atomic  # noqa: E402
 from edge_runtime.synth import Synthesizer, example_clips  # noqa: E402
 from edge_runtime.wavio import read_wav  # noqa: E402
 
@@ -62,7 +63,7 @@ def soak(model: str | None, minutes: float, window_s: float, seed: int) -> dict:
             t_window, n_window, worst = now, 0, 0.0
             if now - t_start >= minutes * 60:
                 break
-    return {"model": str(synth.manifest.folder), "variant": synth.manifest.data["variant"],
+    return {"model": portable_path(synth.manifest.folder, os.getcwd()), "variant": synth.manifest.data["variant"],
             "sample_rate": synth.sample_rate, "minutes": minutes, "window_s": window_s,
             "audio_seconds": sum(w["samples"] for w in windows) / synth.sample_rate, "windows": windows}
 

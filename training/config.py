@@ -157,7 +157,7 @@ class Config:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Writes the config atomically (temporary file, then rename)."""
-        from edge_runtime.wavio import write_text_atomic
+        from edge_runtime.files import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

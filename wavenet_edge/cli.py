@@ -109,19 +109,16 @@ def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, a
 def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_data, chunk_frames, eval_samples,
                    temperature, force):
     """Export a run's checkpoint to TFLite step/conditioner graphs with a manifest and a quality report."""
-    from pathlib import Path
-
-    from edge_runtime.errors import WavenetEdgeError
-
-    if Path(out_dir).exists() and not force:  # the library's message cannot name the flag
-        raise WavenetEdgeError(f"{out_dir} exists: choose a new folder or pass --force to replace it")
     require_tensorflow()
-    from convert.export import DEFAULT_CHUNK_FRAMES, export, format_report
+    from convert.export import DEFAULT_CHUNK_FRAMES, OutputExists, export, format_report
 
     chunk_frames = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
-    report = export(run_dir, out_dir, quantize, batch=batch, checkpoint=checkpoint, calibration_data=calibration_data,
-                    force=force, chunk_frames=chunk_frames, eval_samples=eval_samples, temperature=temperature,
-                    log=lambda m: click.echo(m, err=True))
+    try:
+        report = export(run_dir, out_dir, quantize, batch=batch, checkpoint=checkpoint,
+                        calibration_data=calibration_data, force=force, chunk_frames=chunk_frames,
+                        eval_samples=eval_samples, temperature=temperature, log=lambda m: click.echo(m, err=True))
+    except OutputExists as e:  # the library's message cannot name the flag
+        raise OutputExists(str(e) + OutputExists.HINT) from None
     click.echo(format_report(report))
     click.echo(f"wrote {out_dir}")
 

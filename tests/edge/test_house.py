@@ -29,6 +29,12 @@ def _imports(package: str) -> dict[str, set[str]]:
     return found
 
 
+def _python_ok(code: str) -> None:
+    """Runs ``code`` in a fresh interpreter (nothing of ours imported yet) and asserts that it succeeds."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_public_api_pycoral_style():
     code = ("import sys, edge_runtime.audio\n"
             "assert 'edge_runtime.synth' not in sys.modules and 'ai_edge_litert' not in sys.modules\n"
@@ -40,8 +46,7 @@ def test_public_api_pycoral_style():
             "interpreter = make_interpreter(default_model_dir() / 'step.tflite')\n"
             "assert interpreter.get_input_details()\n"
             "assert 'tensorflow' not in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _python_ok(code)
 
 
 def test_imports_run_downward_only():
@@ -63,8 +68,7 @@ def test_one_error_base_class():
             "bad = [e.__name__ for e in (ModelError, InputError, DeviceError, DataError, ConfigError,\n"
             "       CheckpointError, ExportError) if not issubclass(e, WavenetEdgeError)]\n"
             "assert not bad, bad\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _python_ok(code)
     common = (REPO / "wavenet_edge/common.py").read_text()
     assert "sys.modules" not in common and "WavenetEdgeError" in common
 
