@@ -136,8 +136,9 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
             per_speaker[name].append({"speaker": speaker, **{m: _mean([s[m] for s in scores]) for m in ("pesq", "stoi", "lmd_db")}})
     audio_seconds = sum(a.shape[0] for _, _, a in clips) / rate
     report = {"schema": "wavenet-edge-quality/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "data": {"folder": portable_path(os.path.abspath(data)),  # its name: no path of this machine "files_regex": files, "clips": len(clips), "seconds": audio_seconds,
-                       "speakers": sorted(speakers)},
+              # the data folder by its name: no path of this machine
+              "data": {"folder": portable_path(os.path.abspath(data)), "files_regex": files, "clips": len(clips),
+                       "seconds": audio_seconds, "speakers": sorted(speakers)},
               "settings": {"temperature": temperature if temperature is not None
                            else {model_label(s): s.temperature for s in synths}, "seeds": seeds, "griffin_lim_iterations": gl_iterations,
                            "sample_rate": rate},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,21 @@ from wavenet_edge.common import clean_errors
 def _terminated(signum, frame):
     """SIGTERM unwinds like Ctrl-C (partial outputs removed) and exits 143, the shell's code for it."""
     raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While output is written, `kill` (not only Ctrl-C) unwinds, so the partial output is dropped. Outside it
+    SIGTERM keeps its default action: raised while objects are finalised, SystemExit would be printed and ignored.
+    Signal handlers live on the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _load_mel(path: str) -> np.ndarray:
@@ -105,8 +121,6 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
 
     if sum([out is not None, play, raw]) != 1:
         raise InputError("give exactly one of --out FILE, --play or --raw")
-    if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread only
-        signal.signal(signal.SIGTERM, _terminated)  # so that `kill` (not only Ctrl-C) drops the partial output
     t_load = time.perf_counter()
     synthesizer = Synthesizer.load(model_dir, device=device, threads=threads)
     frames, secs, total = _source(synthesizer, wav, mel, seconds, speaker)
@@ -127,36 +141,37 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
             yield chunk
         t_end = time.perf_counter()
 
-    extra = ""
-    if out is not None:
-        writer = AtomicWavWriter(out, rate)
-        try:
-            for chunk in progress(chunks):
-                writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
-        extra = f"wrote {out}"
-    elif raw:
-        stdout = sys.stdout.buffer
-        try:
-            for chunk in progress(chunks):
-                stdout.write(to_pcm16(chunk))
-                stdout.flush()
-        except BrokenPipeError:  # the reader (head, aplay) went away: not an error
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            sys.exit(0)
-        except OSError as e:  # e.g. ENOSPC when stdout is a file on a full disk
-            raise InputError(f"cannot write to standard output: {e.strerror or e}") from None
-    else:
-        from edge_runtime.playback import Player
+    with _sigterm_unwinds():  # only while a partial output exists
+        extra = ""
+        if out is not None:
+            writer = AtomicWavWriter(out, rate)
+            try:
+                for chunk in progress(chunks):
+                    writer.write(chunk)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+            extra = f"wrote {out}"
+        elif raw:
+            stdout = sys.stdout.buffer
+            try:
+                for chunk in progress(chunks):
+                    stdout.write(to_pcm16(chunk))
+                    stdout.flush()
+            except BrokenPipeError:  # the reader (head, aplay) went away: not an error
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                sys.exit(0)
+            except OSError as e:  # e.g. ENOSPC when stdout is a file on a full disk
+                raise InputError(f"cannot write to standard output: {e.strerror or e}") from None
+        else:
+            from edge_runtime.playback import Player
 
-        audio_device = int(audio_device) if audio_device is not None and audio_device.isdigit() else audio_device
-        stats = Player(rate, device=audio_device).play(progress(chunks), total, rate)
-        extra = (f"played {stats['played_samples'] / rate:.2f} s, pre-buffer {stats['prebuffer_samples'] / rate:.2f} s, "
-                 f"{stats['underruns']} underruns")
+            audio_device = int(audio_device) if audio_device is not None and audio_device.isdigit() else audio_device
+            stats = Player(rate, device=audio_device).play(progress(chunks), total, rate)
+            extra = (f"played {stats['played_samples'] / rate:.2f} s, "
+                     f"pre-buffer {stats['prebuffer_samples'] / rate:.2f} s, {stats['underruns']} underruns")
     elapsed = (t_end or time.perf_counter()) - t0
     if show:
         sys.stderr.write("\n")
