@@ -97,12 +97,12 @@ def bench_mel(synth, seconds: float) -> np.ndarray | None:
     return np.tile(second, (frames // second.shape[0] + 1, 1))[:frames]
 
 
-def measure(model_dir: str, seconds: float, runs: int, threads: int, device: str) -> dict:
+def measure(model_dir: str, seconds: float, runs: int, threads: int, device: str, engine: str = "auto") -> dict:
     """Benchmarks one model folder in this process; see the module docstring for the fields."""
     from edge_runtime.synth import Synthesizer
 
     t0 = time.perf_counter()
-    synth = Synthesizer.load(model_dir, device=device, threads=threads)
+    synth = Synthesizer.load(model_dir, device=device, threads=threads, engine=engine)
     load_s = time.perf_counter() - t0
     b = synth.batch
     mel = bench_mel(synth, seconds)
@@ -140,7 +140,8 @@ def measure(model_dir: str, seconds: float, runs: int, threads: int, device: str
     data = synth.manifest.data
     result = {
         "model": str(model_dir), "variant": data["variant"], "preset": synth.config["name"], "batch": b,
-        "threads": threads, "device": device, "sample_rate": rate, "seconds": seconds, "runs": runs,
+        "threads": threads, "device": device, "engine": synth.engine, "engine_note": synth.engine_note,
+        "sample_rate": rate, "seconds": seconds, "runs": runs,
         "samples_per_run": samples,
         "us_per_sample": {"median": us, "runs": totals, "p50": float(np.percentile(chunks, 50)),
                           "p90": float(np.percentile(chunks, 90)), "p99": float(np.percentile(chunks, 99)),
@@ -157,10 +158,10 @@ def measure(model_dir: str, seconds: float, runs: int, threads: int, device: str
     return result
 
 
-def run_isolated(model_dir: str, seconds: float, runs: int, threads: int, device: str) -> dict:
+def run_isolated(model_dir: str, seconds: float, runs: int, threads: int, device: str, engine: str = "auto") -> dict:
     """:func:`measure` in a fresh Python process (isolated load time and peak memory)."""
     args = json.dumps({"model_dir": str(model_dir), "seconds": seconds, "runs": runs, "threads": threads,
-                       "device": device})
+                       "device": device, "engine": engine})
     proc = subprocess.run([sys.executable, "-m", "edge_runtime.bench", args], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]

@@ -17,7 +17,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from edge_runtime import native
 from edge_runtime.audio import Deemphasis, mu_law_decode
+from edge_runtime.conditioner import Conditioner
 from edge_runtime.errors import InputError, ModelError
 from edge_runtime.graph import Graph
 from edge_runtime.manifest import Manifest, load_manifest, malformed_is_model_error
@@ -29,7 +31,9 @@ SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
 class Synthesizer:
     """Streams audio from an edge model folder. Create with :meth:`load`."""
 
-    def __init__(self, manifest: Manifest, device: str = "cpu", threads: int = 1):
+    def __init__(self, manifest: Manifest, device: str = "cpu", threads: int = 1, engine: str = "auto"):
+        if engine not in native.ENGINES:
+            raise InputError(f"unknown engine {engine!r}: use {', '.join(native.ENGINES)}")
         self.manifest = manifest
         cfg = self.config = manifest.config
         self.sample_rate, self.classes = int(cfg["sample_rate"]), int(cfg["mu_classes"])
@@ -73,16 +77,60 @@ class Synthesizer:
         width = int(cfg["n_mels"] if cfg.get("cond_layers") == 0 else cfg["cond_channels"])  # c' (format 1)
         self._gates.check(ins, width, self.conditioner)
         self._views, self._invoke = self.step.bind()
+        self._native = self._start_native(engine, device, dilations)
         self.reset()
 
+    def _start_native(self, engine: str, device: str, dilations: list[int]) -> native.NativeStep | None:
+        """The compiled step loop where it applies (checked against LiteRT first), else None: LiteRT runs it.
+
+        ``self.engine`` says which runs, ``self.engine_note`` why not the native one."""
+        self.engine, self.engine_note = "litert", "asked for" if engine == "litert" else None
+        if engine == "litert":
+            return None
+        reason = native.why_not(self.manifest, self.step, device, self.batch)
+        if reason is None:
+            step = native.NativeStep.create(self.manifest, self.step, self._views, dilations, self._ring)
+            error = self._compare_engines(step)
+            if error > native.TOLERANCE:
+                reason = f"it differs from LiteRT on this graph (relative logit error {error:.1e})"
+        if reason is not None:
+            if engine == "native":
+                raise ModelError(f"the native engine cannot run this model: {reason}")
+            self.engine_note = reason
+            return None
+        self.engine = f"native ({step.kernels})"
+        return step
+
+    def _compare_engines(self, step: native.NativeStep, n: int = 8) -> float:
+        """Largest |logit difference| between LiteRT and ``step`` over n teacher-forced steps from the same random
+        history and conditioning, relative to the logits' spread (every tap of every layer reads nonzero values)."""
+        rng = np.random.default_rng(0)
+        spread = float(np.std(self._embedding)) or 1.0
+        self._hist[...] = rng.normal(0, spread, self._hist.shape)
+        step.engine.set_history(self._hist)
+        for name in self._gates.inputs:  # constant gate inputs (speaker biases) too: defined, nonzero values
+            self._views[name][...] = rng.normal(0, 1, self._views[name].shape)
+        port = self.step.inputs.get("cond")
+        cond = None if port is None or not self.use_mel else rng.normal(0, 1, (n, *port.shape)).astype(np.float32)
+        forced = rng.integers(0, self.classes, (n, 1))
+        ours, theirs = (np.empty((n, 1, self.classes), np.float32) for _ in range(2))
+        self._t, self._prev = 0, forced[0]
+        self._run_litert(n, cond, None, forced, theirs)
+        step.run(n, int(forced[0, 0]), cond, None, forced, ours)
+        return float(np.abs(ours - theirs).max() / (np.ptp(theirs) or 1.0))
+
     @classmethod
-    def load(cls, model_dir: str | os.PathLike | None = None, device: str = "cpu", threads: int = 1) -> "Synthesizer":
-        """Loads (and checksums) a model folder; ``None`` means the model shipped with the package."""
+    def load(cls, model_dir: str | os.PathLike | None = None, device: str = "cpu", threads: int = 1,
+             engine: str = "auto") -> "Synthesizer":
+        """Loads (and checksums) a model folder; ``None`` means the model shipped with the package.
+
+        ``engine``: ``auto`` (the compiled step loop where it applies, else LiteRT), ``native`` or ``litert``
+        (edge_runtime/native.py)."""
         if model_dir is None:
             model_dir = default_model_dir()
         manifest = load_manifest(model_dir)
         with malformed_is_model_error(manifest.folder):  # fields the synthesizer reads, e.g. the state layout
-            return cls(manifest, device=device, threads=threads)
+            return cls(manifest, device=device, threads=threads, engine=engine)
 
     # ---------------------------------------------------------------------------------------------- state
     def speaker_index(self, speaker: int | str | None) -> int:
@@ -107,6 +155,8 @@ class Synthesizer:
     def reset(self, speaker: int | str | None | list = None) -> None:
         """Clears the history (silence before the first sample) and sets the speaker(s) for the next utterance."""
         self._hist[...] = self.step.inputs["state"].quantize(0.0)
+        if self._native is not None:
+            self._native.reset()
         self._t = 0
         self._prev = np.full(self.batch, SILENCE, np.int64)
         self._deemphasis.reset()
@@ -121,6 +171,15 @@ class Synthesizer:
     def _run(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
              logits_out: np.ndarray | None) -> np.ndarray:
         """Runs n steps; returns the samples [n, B]. With ``forced`` [n, B] the inputs are teacher-forced."""
+        if self._native is not None:
+            samples = self._native.run(n, int(self._prev[0]), cond, noise, forced, logits_out)
+            self._prev, self._t = samples[-1].copy() if n else self._prev, self._t + n
+            return samples
+        return self._run_litert(n, cond, noise, forced, logits_out)
+
+    def _run_litert(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
+                    logits_out: np.ndarray | None) -> np.ndarray:
+        """:meth:`_run` through the LiteRT step graph and the numpy ring buffer."""
         if self.batch == 1 and forced is None:
             return self._run_single(n, cond, noise)
         views, invoke = self._views, self._invoke
@@ -281,88 +340,6 @@ class Synthesizer:
         self._prev = classes[:1]
         self._run(n, cond, None, classes[1:, None], out)
         return self.step.outputs["logits"].dequantize(out[:, 0])
-
-
-class Conditioner:
-    """Runs the conditioner graph over a stream of mel frames in fixed chunks with context on both sides.
-
-    Before the first frame and after the last, frames of silence (``log(log_floor)``) are assumed, exactly as
-    in training; chunk results are therefore identical to computing the whole utterance at once.
-    """
-
-    def __init__(self, manifest: Manifest, device: str, threads: int, batch: int):
-        info, cfg = manifest.data["conditioner"], manifest.config
-        # format 2: multi-speaker conditioners add the speakers' gate biases (edge_runtime/step_inputs.py)
-        speaker_input = manifest.version >= 2 and cfg["speaker_dim"] > 0
-        self.graph = Graph(manifest.conditioner_path, "cpu" if device.startswith("edgetpu") else device, threads,
-                           {"mel"} | ({"speaker_bias"} if speaker_input else set()), {"cond"})
-        self.chunk, self.context, self.hop = int(info["chunk_frames"]), int(info["context_frames"]), int(cfg["hop_length"])
-        self.n_mels, self.batch, self.pad = int(cfg["n_mels"]), batch, float(info["pad_value"])
-        self.mel_port, self.cond_port = self.graph.inputs["mel"], self.graph.outputs["cond"]
-        expected = (batch, self.chunk + 2 * self.context, self.n_mels)
-        if self.mel_port.shape != expected:
-            raise ModelError(f"conditioner input shape {self.mel_port.shape} does not match the manifest {expected}")
-        # Bound views: a format-2 chunk is L * G channels per sample (6.5 MB for `s`), not copied out of the graph
-        self._views, self._invoke = self.graph.bind()
-
-    def set_speaker_bias(self, bias: np.ndarray) -> None:
-        """The streams' speakers' gate biases [B, L * G] (format 2), added to every chunk's output."""
-        self._views["speaker_bias"][...] = self.graph.inputs["speaker_bias"].quantize(bias)
-
-    def _frames(self, mel) -> Iterator[np.ndarray]:
-        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks.
-
-        Long blocks come out in chunk-sized pieces, so the window buffer never holds more than about a chunk.
-        """
-        for big in [mel] if isinstance(mel, np.ndarray) else mel:
-            block = self._check(big)
-            for start in range(0, block.shape[0], self.chunk):
-                yield block[start:start + self.chunk]
-
-    def _check(self, block) -> np.ndarray:
-        """One block as [k, B, n_mels], or an InputError."""
-        block = np.asarray(block, np.float32)
-        if block.ndim == 1:
-            block = block[None]
-        if self.batch == 1 and block.ndim == 2:
-            block = block[:, None]
-        if block.ndim != 3 or block.shape[1:] != (self.batch, self.n_mels):
-            raise InputError(f"mel frames must have {self.n_mels} bands (shape [frames, {self.n_mels}]), "
-                             f"got shape {tuple(block.shape)}")
-        if not np.all(np.isfinite(block)):
-            raise InputError("mel frames contain NaN or infinite values")
-        return block
-
-    def stream(self, mel, copy: bool = True) -> Iterator[np.ndarray]:
-        """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32).
-
-        With ``copy=False`` each chunk is a view of the graph's output, valid until the next one is asked for.
-        """
-        width = self.chunk + 2 * self.context
-        pad = np.full((self.context, self.batch, self.n_mels), self.pad, np.float32)
-        buffer = [pad]
-        buffered = self.context  # frames in the buffer; the first `context` are left context
-        for block in self._frames(mel):
-            buffer.append(block)
-            buffered += block.shape[0]
-            while buffered >= width:
-                window = np.concatenate(buffer)
-                yield self._run(window[:width], copy)
-                buffer, buffered = [window[self.chunk:]], buffered - self.chunk
-        remaining = buffered - self.context  # real frames not yet turned into conditioning
-        if remaining < 0:
-            return
-        window = np.concatenate(buffer + [np.full((width, self.batch, self.n_mels), self.pad, np.float32)])
-        while remaining > 0:
-            out = self._run(window[:width], copy)
-            yield out[:min(self.chunk, remaining) * self.hop]
-            window, remaining = window[self.chunk:], remaining - self.chunk
-
-    def _run(self, window: np.ndarray, copy: bool) -> np.ndarray:
-        self._views["mel"][...] = window.transpose(1, 0, 2)  # [B, frames, n_mels]
-        self._invoke()
-        out = self._views["cond"].transpose(1, 0, 2)  # [chunk * hop, B, C]
-        return out.copy() if copy else out
 
 
 def cfg_dilations(cfg: dict) -> list[int]:

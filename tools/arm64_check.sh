@@ -67,12 +67,12 @@ mnt() { mount "$@"; MOUNTS=("${@: -1}" "${MOUNTS[@]}"); }  # last argument: the 
 
 # One snapshot of the working tree (tracked and untracked files, as git sees them) for everything below, x86
 # side included: the checkout may change during the run, and both sides must run the same code.
-say "snapshot of the checkout, wheel"
+say "snapshot of the checkout"
 work=$(mktemp -d) && SRC=$work/src
 (cd "$REPO" && git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -cf -) |
   tar -xf - -C "$work" --one-top-level=src
-"$HOST_VENV/bin/python" -m pip wheel -q --no-deps "$SRC" -w "$work/dist"
-wheel=$(basename "$work"/dist/wavenet_edge-*.whl)
+# The wheel is built inside the root (below): it holds the compiled step loop (edge_runtime/_stepkernel.c), so
+# it is per-architecture, built as a Pi user's pip builds it from source.
 x86() { PYTHONPATH=$SRC "$HOST_VENV/bin/python" "$@"; }  # the snapshot, not the checkout (.venv's is editable)
 
 # The tests' models need TensorFlow: built here once per version of the code that makes them
@@ -97,13 +97,17 @@ mnt -t tmpfs tmpfs "$ROOT/tmp"
 mnt -t tmpfs tmpfs "$ROOT/sys"
 mkdir -p "$ROOT/sys/devices/system/cpu"
 for f in possible present online; do echo 0-3 >"$ROOT/sys/devices/system/cpu/$f"; done
-mkdir -p "$ROOT/opt/fixture" "$ROOT/opt/dist"
+mkdir -p "$ROOT/opt/fixture"
 mnt --bind -o ro "$fixture" "$ROOT/opt/fixture"
-mnt --bind -o ro "$work/dist" "$ROOT/opt/dist"
 guest() {  # a clean environment: nothing of the host's (PIP_*, PYTHONPATH...) leaks in
   chroot "$ROOT" /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 QEMU_CPU=$QEMU_CPU \
     PIP_CERT=/etc/ssl/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
 }
+
+say "arm64 wheel, built in the root from the snapshot"
+rm -rf "$ROOT/opt/wheel" "$ROOT/opt/src" && mkdir -p "$ROOT/opt/wheel" && cp -r "$SRC" "$ROOT/opt/src"
+guest python3 -m pip wheel -q --no-deps /opt/src -w /opt/wheel
+wheel=$(basename "$ROOT"/opt/wheel/wavenet_edge-*.whl)
 
 say "venv in the root (/opt/venv)"
 # The same LiteRT and numpy as the x86 venv, so the comparison is between CPUs, not versions
@@ -114,10 +118,10 @@ if [[ $(cat "$ROOT/opt/venv/.wanted" 2>/dev/null) != "$want" ]]; then
   rm -rf "$ROOT/opt/venv"
   guest python3 -m venv /opt/venv
   # audio: sounddevice for --play; dev: pytest, hypothesis and the quality tests' metrics; soundfile: tests/helpers
-  guest pip install -q "/opt/dist/${wheel}[audio,dev]" soundfile "${pins[@]}"
+  guest pip install -q "/opt/wheel/${wheel}[audio,dev]" soundfile "${pins[@]}"
   echo "$want" >"$ROOT/opt/venv/.wanted"
 fi
-guest pip install -q --force-reinstall --no-deps "/opt/dist/$wheel"
+guest pip install -q --force-reinstall --no-deps "/opt/wheel/$wheel"
 pkg=$(guest python -c 'import edge_runtime, os; print(os.path.dirname(edge_runtime.__file__))')
 # The tests (they import tests.helpers and tools/, and find the repository as tests/..), not the sources
 rm -rf "$ROOT/opt/check" && mkdir -p "$ROOT/opt/check"

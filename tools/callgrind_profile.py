@@ -36,8 +36,11 @@ import numpy as np
 from edge_runtime.bench import bench_mel
 from edge_runtime.synth import Synthesizer
 
-model, n, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-synth = Synthesizer.load(model)
+model, n, mode, engine = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    synth = Synthesizer.load(model, engine=engine)
+except TypeError:  # code from before the native engine (commit 5137058 and older): LiteRT only
+    synth = Synthesizer.load(model)
 hop = synth.config["hop_length"]
 second = bench_mel(synth, 1.0)
 mel = np.tile(second, (n // hop // second.shape[0] + 1, 1))[: max(1, n // hop)]
@@ -56,6 +59,9 @@ else:
 """
 
 PARTS = [  # (part, regex on the function name or object), first match wins
+    ("native engine: int8/float products", r"^gemv_"),
+    ("native engine: loop, input quantization, gate, argmax",
+     r"_stepkernel|^Engine_|^step$|^matvec$|^(gate|quantize|argmax|finish|dequantize)_(avx2|c)$"),
     ("FC kernels (XNNPACK gemm)", r"gemm.*ukernel|ukernel.*gemm"),
     ("other XNNPACK kernels (tanh, sigmoid, add, mul, copy, quantize)", r"ukernel"),
     ("XNNPACK operator dispatch and input packing", r"xnn|pthreadpool|pack_lh"),
@@ -66,23 +72,24 @@ PARTS = [  # (part, regex on the function name or object), first match wins
 ]
 
 
-def run_callgrind(code: Path, model: str, samples: int, mode: str, out: Path) -> None:
+def run_callgrind(code: Path, model: str, samples: int, mode: str, out: Path, engine: str) -> None:
     script = out.with_suffix(".py")
     script.write_text(WORKLOAD)
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(code), ENV.get("PYTHONPATH", "")])}
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, str(script),
-                    model, str(samples), mode], env=env, check=True, capture_output=True)
+                    model, str(samples), mode, engine], env=env, check=True, capture_output=True)
 
 
 def exclusive(path: Path) -> dict[tuple[str, str], int]:
     """Instructions per (function, object) of one callgrind output."""
-    text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", str(path)],
+    text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", str(path)],
                           capture_output=True, text=True, check=True).stdout
     rows: dict[tuple[str, str], int] = defaultdict(int)
     for line in text.splitlines():
-        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(.*?) \[(.*)\]\s*$", line)
-        if m:
-            rows[(m.group(2).split(":", 1)[-1], m.group(3))] += int(m.group(1).replace(",", ""))
+        # "COUNT (PCT)  FILE:FUNCTION [OBJECT]"; code inlined from a header (compiler intrinsics) has no object
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(.*?)(?: \[(.*)\])?\s*$", line)
+        if m and ":" in m.group(2):
+            rows[(m.group(2).split(":", 1)[-1], m.group(3) or "")] += int(m.group(1).replace(",", ""))
     return rows
 
 
@@ -93,13 +100,14 @@ def part_of(func: str, obj: str) -> str:
     return "other"
 
 
-def profile(model: str, n1: int, n2: int, code: Path = REPO, jobs: int = 2, stages: bool = True) -> dict:
+def profile(model: str, n1: int, n2: int, code: Path = REPO, jobs: int = 2, stages: bool = True,
+            engine: str = "litert") -> dict:
     modes = ("full", "noinvoke", "cond") if stages else ("full",)
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(mode, n) for mode in modes for n in (n1, n2)]
         paths = {r: Path(tmp) / f"cg.{r[0]}.{r[1]}" for r in runs}
         with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(lambda r: run_callgrind(code, model, r[1], r[0], paths[r]), runs))
+            list(pool.map(lambda r: run_callgrind(code, model, r[1], r[0], paths[r], engine), runs))
         tables = {r: exclusive(p) for r, p in paths.items()}
     per = {}
     for mode in modes:
@@ -114,7 +122,8 @@ def profile(model: str, n1: int, n2: int, code: Path = REPO, jobs: int = 2, stag
     cond = sum(per["cond"].values()) if stages else 0.0
     kernels = sorted({f for (f, _), v in full.items() if "ukernel" in f and v > 0})
     top = sorted(full.items(), key=lambda kv: -kv[1])[:15]
-    return {"model": model, "code": str(code), "samples": [n1, n2], "instructions_per_sample": round(total),
+    return {"model": model, "code": str(code), "engine": engine, "samples": [n1, n2],
+            "instructions_per_sample": round(total),
             "by_stage": None if not stages else {
                 "step graph invoke": round(total - loop), "conditioner graph": round(cond),
                 "Python + numpy loop (ring buffer, noise, sampling, copies)": round(loop - cond)},
@@ -131,9 +140,14 @@ def main() -> None:
     parser.add_argument("--code", default=str(REPO), help="the checkout whose edge_runtime runs (an older version)")
     parser.add_argument("--json", default=None, help="write the result here")
     parser.add_argument("--total-only", action="store_true", help="only the whole loop (a third of the runs)")
+    parser.add_argument("--engine", default="litert", choices=["litert", "native", "auto"],
+                        help="the step loop (the stages need litert: they replace the step graph's invoke)")
     args = parser.parse_args()
+    if args.engine != "litert" and not args.total_only:
+        parser.error("--engine native|auto measures the whole loop only: add --total-only")
     n1, n2 = (int(s) for s in args.samples.split(","))
-    result = profile(str(Path(args.model).resolve()), n1, n2, Path(args.code).resolve(), stages=not args.total_only)
+    result = profile(str(Path(args.model).resolve()), n1, n2, Path(args.code).resolve(), stages=not args.total_only,
+                     engine=args.engine)
     text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -58,8 +58,10 @@ def train(preset, data_dir, run_dir, steps, overrides, speaker_regex, val_regex,
 @click.option("--speaker-regex", default=None, help="Default: the one the run was trained with.")
 @click.option("--device", default="cpu", help="Model folders: cpu or edgetpu[:usb|:pci][:N].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--engine", default="auto", type=click.Choice(["auto", "native", "litert"]),
+              help="Model folders: the compiled step loop where it applies (auto), or always LiteRT's graph.")
 @clean_errors
-def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, as_json):
+def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, as_json, engine):
     """Teacher-forced NLL (bits/sample) over every file of a folder, for a run (TF) or an exported model (TFLite)."""
     from pathlib import Path
 
@@ -67,9 +69,9 @@ def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, a
         from edge_runtime.evaluate import evaluate_folder
         from edge_runtime.synth import Synthesizer
 
-        synth = Synthesizer.load(folder, device=device)
+        synth = Synthesizer.load(folder, device=device, engine=engine)
         regex = speaker_regex or synth.manifest.data.get("data", {}).get("speaker_regex")
-        result = {**evaluate_folder(synth, data_dir, regex, files_regex), "model": str(folder)}
+        result = {**evaluate_folder(synth, data_dir, regex, files_regex), "model": str(folder), "engine": synth.engine}
     else:
         require_tensorflow()
         from training.checkpoint import load_model, read_run_info

@@ -112,8 +112,10 @@ def _source(synth, wav, mel, seconds, speaker):
 @click.option("--audio-device", default=None, help="Playback device (name or index, see `python -m sounddevice`).")
 @click.option("--device", default="cpu", help="cpu or edgetpu[:usb|:pci][:N].")
 @click.option("--threads", default=1, type=int, help="Interpreter threads.")
+@click.option("--engine", default="auto", type=click.Choice(["auto", "native", "litert"]),
+              help="Step loop: the compiled one where it applies (auto), or always LiteRT's graph.")
 @clean_errors
-def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, raw, audio_device, device, threads):
+def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, raw, audio_device, device, threads, engine):
     """Synthesise speech with an exported model (default: the model shipped with the package)."""
     from edge_runtime.errors import InputError
     from edge_runtime.synth import Synthesizer
@@ -122,7 +124,7 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
     if sum([out is not None, play, raw]) != 1:
         raise InputError("give exactly one of --out FILE, --play or --raw")
     t_load = time.perf_counter()
-    synthesizer = Synthesizer.load(model_dir, device=device, threads=threads)
+    synthesizer = Synthesizer.load(model_dir, device=device, threads=threads, engine=engine)
     frames, secs, total = _source(synthesizer, wav, mel, seconds, speaker)
     rate = synthesizer.sample_rate
     chunks = synthesizer.stream(frames, speaker=speaker, temperature=temperature, seed=seed, seconds=secs)

@@ -1,0 +1,345 @@
+/* The WaveNet step of an exported step graph as one compiled loop (the "native" engine of edge_runtime).
+
+Why: at batch 1 a step is ~40 small matrix-vector products and ~150 element-wise ops. Run through LiteRT, each
+op pays XNNPACK's dispatch and (for dynamic-range graphs) its own input quantization, and each sample pays a
+Python round trip; on AVX2-class CPUs that is about a third of the loop (docs/performance.md). Here a whole
+chunk of samples runs in C: ring buffer, layers, head, Gumbel-max sampling.
+
+What it computes is read from the graph (edge_runtime/native.py extracts the weights and checks this code
+against LiteRT on the same inputs at load). Matrices come in two kinds:
+  - int8 weights with per-output-channel scales (the "dynamic" variant): each product quantizes its input
+    vector to int8 with XNNPACK's asymmetric dynamic-range parameters, accumulates in int32, and rescales
+    (the arithmetic LiteRT's qd8 kernels do);
+  - float32 weights (the float32 and float16 variants).
+Weights arrive packed by native.py: outputs in groups of 32, inputs in pairs (int8: [group][pair][32 x 2];
+float: [group][input][32]), so the AVX2 kernels read one contiguous stream per group.
+
+Python API (buffers: anything with the buffer protocol, C-contiguous; native.py passes numpy arrays):
+  Engine(dims, dilations, embedding, mats)   dims = (L, R, G, S, HD, Q, k, E, ring)
+  Engine.reset()                             zeroes the history, t = 0
+  Engine.set_history(hist)                   hist [ring][L][R] float32; t = 0
+  Engine.run(n, prev, cond, cond_stride, extra, noise, forced, logits_out, samples_out) -> last sample
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_stepkernel_kernels.h"
+
+typedef struct {
+    PyObject_HEAD
+    int L, R, G, H, S, HD, Q, k, E, ring;
+    int *dil;
+    float *emb;       /* [Q][R] */
+    Mat *mats;        /* L layer, L-1 residual, skip, head1, head2 */
+    int n_mats;
+    float *hist;      /* [ring][L][R] */
+    long long t;
+    float *in_buf, *a, *zs, *x, *skip, *hidden, *logits; /* scratch, each at least every out_pad and in_pad */
+    int16_t *q;       /* quantized input scratch, [max in_pad] */
+    const Kernels *kern;
+} Engine;
+
+/* y = act(W x + b) for one matrix; x has m->in_pad readable floats (zero beyond m->in), y holds m->out_pad. */
+static void matvec(const Engine *e, const Mat *m, const float *x, float *y) {
+    if (m->quantized) {
+        int zero_point;
+        float inv_scale = e->kern->quantize(x, m->in, m->in_pad, e->q, &zero_point);
+        e->kern->gemv_q(m, e->q, inv_scale, zero_point, y);
+    } else {
+        e->kern->gemv_f(m, x, y);
+    }
+}
+
+/* ------------------------------------------------------------------------------------ one sample */
+
+/* One step: history row t holds layer 0's current input (the embedding, written by the caller); fills the
+   other layers' rows and e->logits. cond: L*G gate inputs or NULL; extra: E conditioning channels or NULL. */
+static void step(Engine *e, const float *cond, const float *extra) {
+    const int L = e->L, R = e->R, G = e->G, H = e->H, mask = e->ring - 1;
+    float *now = e->hist + (size_t)(e->t & mask) * L * R;
+    /* The taps of the widest layers were written hundreds of samples ago and the weights stream through the
+       cache every sample, so they come from L3: ask for all of them (and this sample's conditioning) now, so
+       that the loads overlap the first layers' products instead of stalling each layer. */
+    for (int l = 0; l < L; l++)
+        for (int j = 0; j < e->k - 1; j++) {
+            const char *row = (const char *)(e->hist + ((size_t)((e->t - (long long)(e->k - 1 - j) * e->dil[l]) & mask) * L + l) * R);
+            for (size_t b = 0; b < R * sizeof(float); b += 64) __builtin_prefetch(row + b);
+        }
+    if (cond)
+        for (size_t b = 0; b < (size_t)L * G * sizeof(float); b += 64) __builtin_prefetch((const char *)cond + b);
+    memcpy(e->x, now, R * sizeof(float));
+    for (int l = 0; l < L; l++) {
+        float *in = e->in_buf;
+        for (int j = 0; j < e->k - 1; j++) {  /* tap j multiplies x[t - (k-1-j) d] */
+            long long past = e->t - (long long)(e->k - 1 - j) * e->dil[l];
+            memcpy(in, e->hist + ((size_t)(past & mask) * L + l) * R, R * sizeof(float));
+            in += R;
+        }
+        memcpy(in, e->x, R * sizeof(float));
+        in += R;
+        if (e->E) memcpy(in, extra, e->E * sizeof(float));
+        matvec(e, &e->mats[l], e->in_buf, e->a);
+        e->kern->gate(e->a, cond ? cond + (size_t)l * G : NULL, H, e->zs + l * H);
+        if (l < L - 1) {
+            float *res = e->a;  /* the gate input is used up */
+            matvec(e, &e->mats[L + l], e->zs + l * H, res);
+            for (int i = 0; i < R; i++) e->x[i] += res[i];
+            memcpy(now + (size_t)(l + 1) * R, e->x, R * sizeof(float));
+        }
+    }
+    matvec(e, &e->mats[2 * L - 1], e->zs, e->skip);
+    matvec(e, &e->mats[2 * L], e->skip, e->hidden);
+    matvec(e, &e->mats[2 * L + 1], e->hidden, e->logits);
+}
+
+/* ------------------------------------------------------------------------------------ Python bindings */
+
+/* A borrowed C-contiguous buffer of at least `bytes` bytes, or NULL with an exception set. */
+static int get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, int writable, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    if (view->len < bytes) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, need %zd", what, view->len, bytes);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* A private copy of a buffer's first `bytes` bytes (the engine outlives the arrays it was built from). */
+static void *copy_buffer(PyObject *obj, Py_ssize_t bytes, const char *what) {
+    Py_buffer view;
+    if (get_buffer(obj, &view, bytes, 0, what) < 0) return NULL;
+    void *out = malloc(bytes > 0 ? bytes : 1);
+    if (out) memcpy(out, view.buf, bytes);
+    else PyErr_NoMemory();
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static void free_mats(Engine *e) {
+    for (int i = 0; i < e->n_mats && e->mats; i++) {
+        Mat *m = &e->mats[i];
+        free(m->w8); free(m->wf); free(m->scale); free(m->bias); free(m->colsum);
+    }
+    free(e->mats);
+    e->mats = NULL;
+}
+
+static void Engine_dealloc(Engine *e) {
+    free_mats(e);
+    free(e->dil); free(e->emb); free(e->hist); free(e->in_buf); free(e->a); free(e->zs); free(e->x);
+    free(e->skip); free(e->hidden); free(e->logits); free(e->q);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+/* mats item: (out, in, out_pad, in_pad, quantized, relu, weights, scale or None, bias, colsum or None) */
+static int load_mat(Mat *m, PyObject *item) {
+    PyObject *w, *scale, *bias, *colsum;
+    if (!PyArg_ParseTuple(item, "iiiiiiOOOO", &m->out, &m->in, &m->out_pad, &m->in_pad, &m->quantized, &m->relu,
+                          &w, &scale, &bias, &colsum))
+        return -1;
+    if (m->out < 1 || m->in < 1 || m->out_pad % GROUP || m->out_pad < m->out || m->in_pad % 2 || m->in_pad < m->in) {
+        PyErr_SetString(PyExc_ValueError, "matrix dimensions are not padded as the kernels need");
+        return -1;
+    }
+    Py_ssize_t n = (Py_ssize_t)m->out_pad * m->in_pad;
+    if (m->quantized) {
+        if (!(m->w8 = copy_buffer(w, n, "int8 weights")) || !(m->scale = copy_buffer(scale, 4 * m->out_pad, "scales"))
+            || !(m->colsum = copy_buffer(colsum, 4 * m->out_pad, "column sums")))
+            return -1;
+    } else if (!(m->wf = copy_buffer(w, 4 * n, "float weights"))) {
+        return -1;
+    }
+    return (m->bias = copy_buffer(bias, 4 * m->out_pad, "bias")) ? 0 : -1;
+}
+
+static int check_dims(Engine *e) {
+    int ok = e->L >= 1 && e->R >= 1 && e->G >= 2 && e->G % 2 == 0 && e->S >= 1 && e->HD >= 1 && e->Q >= 2
+             && e->k >= 2 && e->E >= 0 && e->ring >= 2 && (e->ring & (e->ring - 1)) == 0;
+    Mat *m = e->mats;
+    for (int l = 0; ok && l < e->L; l++) {
+        ok &= m[l].out == e->G && m[l].in == e->k * e->R + e->E;
+        ok &= e->dil[l] >= 1 && (long long)(e->k - 1) * e->dil[l] < e->ring;
+        if (l < e->L - 1) ok &= m[e->L + l].out == e->R && m[e->L + l].in == e->H;
+    }
+    ok = ok && m[2 * e->L - 1].in == e->L * e->H && m[2 * e->L - 1].out == e->S && m[2 * e->L].in == e->S
+         && m[2 * e->L].out == e->HD && m[2 * e->L + 1].in == e->HD && m[2 * e->L + 1].out == e->Q;
+    if (!ok) PyErr_SetString(PyExc_ValueError, "engine dimensions do not fit together");
+    return ok ? 0 : -1;
+}
+
+static int alloc_scratch(Engine *e) {
+    int big = 0;
+    for (int i = 0; i < e->n_mats; i++) {
+        big = e->mats[i].in_pad > big ? e->mats[i].in_pad : big;
+        big = e->mats[i].out_pad > big ? e->mats[i].out_pad : big;
+    }
+    big += GROUP;
+    e->hist = calloc((size_t)e->ring * e->L * e->R, sizeof(float));
+    e->in_buf = calloc(big, sizeof(float)); e->a = calloc(big, sizeof(float)); e->zs = calloc(big, sizeof(float));
+    e->x = calloc(big, sizeof(float)); e->skip = calloc(big, sizeof(float)); e->hidden = calloc(big, sizeof(float));
+    e->logits = calloc(big, sizeof(float)); e->q = calloc(big, sizeof(int16_t));
+    if (!(e->hist && e->in_buf && e->a && e->zs && e->x && e->skip && e->hidden && e->logits && e->q)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *dil, *emb, *mats;
+    Engine *e = (Engine *)type->tp_alloc(type, 0);
+    if (!e) return NULL;
+    if (!PyArg_ParseTuple(args, "(iiiiiiiii)OOO!", &e->L, &e->R, &e->G, &e->S, &e->HD, &e->Q, &e->k, &e->E,
+                          &e->ring, &dil, &emb, &PyList_Type, &mats))
+        goto fail;
+    e->H = e->G / 2;
+    if (e->L < 1 || e->R < 1 || e->Q < 2 || PyList_GET_SIZE(mats) != 2 * e->L + 2) {
+        PyErr_SetString(PyExc_ValueError, "need 2 L + 2 matrices (layers, residuals, skip, head1, head2)");
+        goto fail;
+    }
+    if (!(e->dil = copy_buffer(dil, 4 * (Py_ssize_t)e->L, "dilations"))
+        || !(e->emb = copy_buffer(emb, 4 * (Py_ssize_t)e->Q * e->R, "embedding")))
+        goto fail;
+    e->n_mats = 2 * e->L + 2;
+    if (!(e->mats = calloc(e->n_mats, sizeof(Mat)))) { PyErr_NoMemory(); goto fail; }
+    for (int i = 0; i < e->n_mats; i++) {
+        if (load_mat(&e->mats[i], PyList_GET_ITEM(mats, i)) < 0) goto fail;
+    }
+    if (check_dims(e) < 0 || alloc_scratch(e) < 0) goto fail;
+    e->kern = pick_kernels(getenv("WAVENET_EDGE_KERNELS"));
+    return (PyObject *)e;
+fail:
+    Py_DECREF(e);
+    return NULL;
+}
+
+static PyObject *Engine_reset(Engine *e, PyObject *unused) {
+    memset(e->hist, 0, (size_t)e->ring * e->L * e->R * sizeof(float));
+    e->t = 0;
+    Py_RETURN_NONE;
+}
+
+/* Replaces the history [ring][L][R] (float32): to check the engine against LiteRT from the same state. */
+static PyObject *Engine_set_history(Engine *e, PyObject *obj) {
+    Py_buffer view;
+    Py_ssize_t bytes = (Py_ssize_t)e->ring * e->L * e->R * sizeof(float);
+    if (get_buffer(obj, &view, bytes, 0, "history") < 0) return NULL;
+    memcpy(e->hist, view.buf, bytes);
+    PyBuffer_Release(&view);
+    e->t = 0;
+    Py_RETURN_NONE;
+}
+
+typedef struct { Py_buffer cond, extra, noise, forced, logits, samples; } RunBuffers;
+
+static void release_run(RunBuffers *b) {
+    Py_buffer *all[] = {&b->cond, &b->extra, &b->noise, &b->forced, &b->logits, &b->samples};
+    for (int i = 0; i < 6; i++) if (all[i]->obj) PyBuffer_Release(all[i]);
+}
+
+/* An optional buffer: None leaves view->obj NULL. */
+static int optional(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, int writable, const char *what) {
+    view->obj = NULL;
+    return obj == Py_None ? 0 : get_buffer(obj, view, bytes, writable, what);
+}
+
+static PyObject *Engine_run(Engine *e, PyObject *args) {
+    Py_ssize_t n, cond_stride;
+    int prev;
+    PyObject *cond, *extra, *noise, *forced, *logits_out, *samples_out;
+    if (!PyArg_ParseTuple(args, "niOnOOOOO", &n, &prev, &cond, &cond_stride, &extra, &noise, &forced, &logits_out,
+                          &samples_out))
+        return NULL;
+    if (n < 0 || prev < 0 || prev >= e->Q || cond_stride < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad sample count, previous sample or conditioning stride");
+        return NULL;
+    }
+    Py_ssize_t rows = n > 0 ? n : 1, cond_rows = cond_stride ? rows : 1;
+    RunBuffers b = {0};
+    if (optional(cond, &b.cond, 4 * ((cond_rows - 1) * cond_stride + (Py_ssize_t)e->L * e->G), 0, "cond") < 0
+        || optional(extra, &b.extra, 4 * rows * e->E, 0, "extra") < 0
+        || optional(noise, &b.noise, 4 * rows * e->Q, 0, "noise") < 0
+        || optional(forced, &b.forced, 8 * rows, 0, "forced") < 0
+        || optional(logits_out, &b.logits, 4 * rows * e->Q, 1, "logits_out") < 0
+        || get_buffer(samples_out, &b.samples, 8 * rows, 1, "samples_out") < 0) {
+        release_run(&b);
+        return NULL;
+    }
+    if ((e->E > 0) != (b.extra.obj != NULL)) {
+        release_run(&b);
+        PyErr_SetString(PyExc_ValueError, "extra conditioning given to a model without it, or missing");
+        return NULL;
+    }
+    const float *cond_p = b.cond.buf, *extra_p = b.extra.buf, *noise_p = b.noise.buf;
+    const int64_t *forced_p = b.forced.buf;
+    float *logits_p = b.logits.buf;
+    int64_t *samples_p = b.samples.buf;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float *now = e->hist + (size_t)(e->t & (e->ring - 1)) * e->L * e->R;
+        memcpy(now, e->emb + (size_t)prev * e->R, e->R * sizeof(float));
+        step(e, cond_p ? cond_p + i * cond_stride : NULL, extra_p ? extra_p + i * e->E : NULL);
+        if (logits_p) memcpy(logits_p + i * e->Q, e->logits, e->Q * sizeof(float));
+        if (forced_p) {
+            if (forced_p[i] < 0 || forced_p[i] >= e->Q) { bad = 1; break; }
+            prev = (int)forced_p[i];
+        } else {
+            prev = e->kern->argmax(e->logits, noise_p ? noise_p + i * e->Q : NULL, e->Q);
+        }
+        samples_p[i] = prev;
+        e->t++;
+    }
+    Py_END_ALLOW_THREADS
+    release_run(&b);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "forced sample out of range");
+        return NULL;
+    }
+    return PyLong_FromLong(prev);
+}
+
+static PyObject *Engine_kernels(Engine *e, void *closure) {
+    return PyUnicode_FromString(e->kern->name);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"reset", (PyCFunction)Engine_reset, METH_NOARGS, "Zeroes the history (silence before the first sample)."},
+    {"set_history", (PyCFunction)Engine_set_history, METH_O, "Replaces the history [ring, L, R] (float32) and restarts at t = 0."},
+    {"run", (PyCFunction)Engine_run, METH_VARARGS,
+     "run(n, prev, cond, cond_stride, extra, noise, forced, logits_out, samples_out) -> last sample"},
+    {NULL}};
+
+static PyGetSetDef Engine_getset[] = {
+    {"kernels", (getter)Engine_kernels, NULL, "which matrix kernels run: avx2 or generic", NULL}, {NULL}};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "edge_runtime._stepkernel.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A WaveNet step graph's weights as one compiled sample loop.",
+    .tp_methods = Engine_methods,
+    .tp_getset = Engine_getset,
+    .tp_new = Engine_new,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stepkernel", "Compiled WaveNet step loop.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__stepkernel(void) {
+    if (PyType_Ready(&EngineType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0) {
+        Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
