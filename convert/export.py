@@ -145,8 +145,10 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
 
     cfg = model.config
     folder.mkdir(parents=True)
-    step_bytes = convert(make_step_function(cfg, weights, batch), variant,
-                         calibration if variant == "int8" else None)
+    # A QAT model's int8 graph carries its fake quantization: the converter takes the learned ranges as the scales
+    # (the calibration data then only fills what the ranges do not cover: nothing, in this graph).
+    step_fn = make_step_function(cfg, weights, batch, fake_quant=cfg.qat and variant == "int8")
+    step_bytes = convert(step_fn, variant, calibration if variant == "int8" else None)
     (folder / "step.tflite").write_bytes(step_bytes)
     files = {"step.tflite": sha256_file(folder / "step.tflite")}
     conditioner = None

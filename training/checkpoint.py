@@ -167,6 +167,11 @@ def restore_checkpoint(ckpt: Path, model_vars, ema_vars, optimizer_vars) -> dict
     return read_state(ckpt)
 
 
+def load_ema(ckpt: Path) -> dict[str, np.ndarray]:
+    """A checkpoint's EMA weights (and a QAT model's ranges) as ``{path: array}``."""
+    return _load_npz(Path(ckpt) / "ema.npz")
+
+
 def find_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Path:
     """Resolves ``best``, ``last`` or a checkpoint folder path inside a run folder."""
     run_dir = Path(run_dir)
@@ -216,5 +221,5 @@ def load_model(run_dir: str | os.PathLike, which: str = "best", ema: bool = True
     config = load_run_config(run_dir)
     ckpt = find_checkpoint(run_dir, which)
     model = build_model(config)
-    assign_arrays(model.weights, _load_npz(ckpt / ("ema.npz" if ema else "weights.npz")), str(ckpt))
+    assign_arrays(model.weights, load_ema(ckpt) if ema else _load_npz(ckpt / "weights.npz"), str(ckpt))
     return model, config, ckpt

@@ -92,6 +92,12 @@ class Config:
     seed: int = 0
     jit_compile: bool = True
     mixed_precision: str = "none"
+    # Quantization-aware training (training/quant.py): fake int8 quantization at the tensors of the int8 step graph,
+    # with moving min/max ranges (decay `qat_range_decay`) set first by `qat_calibration_batches` forward passes.
+    # Normally a fine-tuning run of a float run (`wavenet-edge train --qat-from`).
+    qat: bool = False
+    qat_range_decay: float = 0.99
+    qat_calibration_batches: int = 32
 
     def __post_init__(self) -> None:
         self._validate()
@@ -209,6 +215,10 @@ class Config:
         need(self.mixed_precision in ("none", "bfloat16"),
              f"mixed_precision must be none or bfloat16, got {self.mixed_precision!r}")
         need(len(set(self.speakers)) == len(self.speakers), "speakers must be unique")
+        need(0 < self.qat_range_decay < 1, f"qat_range_decay must be in (0, 1), got {self.qat_range_decay}")
+        need(self.qat_calibration_batches >= 0, f"qat_calibration_batches must be >= 0, got {self.qat_calibration_batches}")
+        need(not (self.qat and self.mixed_precision != "none"),
+             "qat needs mixed_precision none (the int8 grids are computed in float32)")
         if self.use_mel:
             need(self.win_length <= self.n_fft, f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
             need(self.hop_length % 2 == 0, f"hop_length must be even, got {self.hop_length}")

@@ -13,6 +13,10 @@ Shapes: B batch, T samples, F = T // hop frames, R residual, G gate (pre-split),
 
 logits[:, t] predict sample t+1 from samples <= t. The model is plain Keras (no Lambda layers); it is saved as
 ``config.json`` + weights and rebuilt from the config, so loading never executes code from a file.
+
+A layer after its convolution (:func:`gated_unit`) and the output head (:func:`output_head`) are written once, for
+this model and for the single-step graph (``training/step.py``) alike, with the fake quantization of a QAT model
+(``config.qat``, see ``training/quant.py``) at the same tensors in both.
 """
 
 from __future__ import annotations
@@ -24,8 +28,44 @@ import numpy as np
 from keras import layers, ops
 
 from training.config import Config, receptive_field
+from training.quant import make_trackers, quantizer, snap_weights
 
-__all__ = ["WaveNet", "build_model", "receptive_field", "model_inputs"]
+__all__ = ["WaveNet", "build_model", "receptive_field", "model_inputs", "gated_unit", "output_head"]
+
+
+def gated_unit(pre, extra, x, residual, q):
+    """A layer after its dilated convolution: conditioning, tanh * sigmoid gate, residual connection.
+
+    ``pre`` [.., G] is the convolution's output, ``extra`` the conditioning + speaker gate input (or None),
+    ``x`` [.., R] the layer's input, ``residual`` the 1x1 map z -> [.., R] (None in the last layer) and
+    ``q(name, tensor)`` the fake quantization of the int8 graph's tensors (the identity without QAT).
+    Returns (the next layer's input, the gate output z [.., G / 2]).
+    """
+    a = q("pre", pre)
+    if extra is not None:
+        a = q("gate", a + q("cond", extra))  # [.., G]
+    f, g = ops.split(a, 2, axis=-1)
+    z = q("z", q("tanh", ops.tanh(f)) * q("sigmoid", ops.sigmoid(g)))  # [.., H]
+    return (x if residual is None else q("state", x + q("res", residual(z)))), z
+
+
+def output_head(zs, skip, head1, head2, q):
+    """Skip sum over the concatenated gate outputs ``zs``, relu, head layer, relu, logits (maps as callables)."""
+    s = q("skip", ops.relu(skip(zs)))  # [.., S]; the relu fuses into the int8 graph's FULLY_CONNECTED
+    return q("logits", head2(q("head", ops.relu(head1(s)))))  # [.., classes]
+
+
+def linear(layer: layers.Dense, quantize: bool):
+    """A Dense layer as a callable; with QAT its kernel snapped to the int8 grid (the same variables)."""
+    if not quantize:
+        return layer
+
+    def quantized(v):
+        if not layer.built:  # built by its first call otherwise
+            layer.build(v.shape)
+        return ops.matmul(v, snap_weights(layer.kernel)) + layer.bias
+
+    return quantized
 
 
 def conditioning_context(config: Config) -> int:
@@ -114,9 +154,9 @@ class ResidualLayer(layers.Layer):
     """One gated residual layer: causal dilated convolution, conditioning, tanh*sigmoid gate, residual 1x1."""
 
     def __init__(self, dilation: int, kernel_size: int, residual_channels: int, gate_channels: int,
-                 cond_channels: int = 0, speaker_dim: int = 0, last: bool = False, **kwargs):
+                 cond_channels: int = 0, speaker_dim: int = 0, last: bool = False, quantize: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.dilation, self.kernel_size, self.last = dilation, kernel_size, last
+        self.dilation, self.kernel_size, self.last, self.quantize = dilation, kernel_size, last, quantize
         self.residual_channels, self.gate_channels = residual_channels, gate_channels
         self.cond_channels, self.speaker_dim = cond_channels, speaker_dim
         self.conv = layers.Conv1D(gate_channels, kernel_size, dilation_rate=dilation, padding="causal", name="conv")
@@ -134,21 +174,27 @@ class ResidualLayer(layers.Layer):
         if self.res is not None:
             self.res.build((None, None, self.gate_channels // 2))
 
-    def call(self, x, cond=None, speaker=None):
-        a = self.conv(x)  # [B, T, G]
-        if self.cond is not None:
-            a = a + self.cond(cond)  # [B, T, G]
+    def call(self, x, cond=None, speaker=None, q=None):
+        extra = None if self.cond is None else self.cond(cond)  # [B, T, G]
         if self.speaker is not None:
-            a = a + self.speaker(speaker)[:, None, :]  # [B, 1, G] gate biases
-        f, g = ops.split(a, 2, axis=-1)
-        z = ops.tanh(f) * ops.sigmoid(g)  # [B, T, H]
-        x_next = x if self.res is None else x + self.res(z)
-        return x_next, z
+            bias = self.speaker(speaker)[:, None, :]  # [B, 1, G] gate biases
+            extra = bias if extra is None else extra + bias
+        residual = None if self.res is None else linear(self.res, self.quantize)
+        return gated_unit(self._conv(x), extra, x, residual, q or quantizer(None))  # [B, T, R], [B, T, H]
+
+    def _conv(self, x):
+        """The causal dilated convolution [B, T, G]; with QAT the same with its kernel snapped to the int8 grid."""
+        if not self.quantize:
+            return self.conv(x)
+        padded = ops.pad(x, [[0, 0], [(self.kernel_size - 1) * self.dilation, 0], [0, 0]])
+        kernel = snap_weights(self.conv.kernel)  # [k, R, G], per output channel over [k, R] like the step's FC
+        return ops.conv(padded, kernel, padding="valid", dilation_rate=self.dilation) + self.conv.bias
 
     def get_config(self):
         return {**super().get_config(), "dilation": self.dilation, "kernel_size": self.kernel_size,
                 "residual_channels": self.residual_channels, "gate_channels": self.gate_channels,
-                "cond_channels": self.cond_channels, "speaker_dim": self.speaker_dim, "last": self.last}
+                "cond_channels": self.cond_channels, "speaker_dim": self.speaker_dim, "last": self.last,
+                "quantize": self.quantize}
 
 
 class WaveNet(keras.Model):
@@ -171,11 +217,14 @@ class WaveNet(keras.Model):
                               if config.use_speaker else None)
         n = config.n_layers
         self.blocks = [ResidualLayer(d, config.kernel_size, config.residual_channels, config.gate_channels, cond,
-                                     config.speaker_dim, last=(i == n - 1), name=f"layer_{i}")
+                                     config.speaker_dim, last=(i == n - 1), quantize=config.qat, name=f"layer_{i}")
                        for i, d in enumerate(config.dilations)]
         self.skip = layers.Dense(config.skip_channels, name="skip")
         self.head1 = layers.Dense(config.head_channels, name="head_1")
         self.head2 = layers.Dense(config.mu_classes, name="head_2", dtype="float32")
+        # QAT: the moving ranges of the quantized tensors (non-trainable weights; none in a float model)
+        self.trackers = (make_trackers(n, config.qat_range_decay, config.use_mel or config.use_speaker)
+                         if config.qat else None)
 
     def conditioning(self, mel):
         """Per-sample conditioning c' [B, T, C], shifted so that c'[t] belongs to sample t+1."""
@@ -188,18 +237,24 @@ class WaveNet(keras.Model):
         x = self.embed(inputs["audio"])  # [B, T, R]
         c = self.conditioning(inputs["mel"]) if self.upsampler is not None else None
         s = self.speaker_embed(inputs["speaker"]) if self.speaker_embed is not None else None  # [B, D]
+        if self.trackers is not None and not self.trackers["state"].built:
+            for tracker in self.trackers.values():  # built here, not at first use: weights named wavenet/<name>_range/
+                tracker.build()
+        # "state" site l is layer l's output x_{l+1}; the last layer has none, so its site takes the embedding
+        x = quantizer(self.trackers, len(self.blocks) - 1)("state", x)
         zs, xs = [], []
-        for block in self.blocks:
+        for l, block in enumerate(self.blocks):
             xs.append(x)
-            x, z = block(x, c, s)
+            x, z = block(x, c, s, q=quantizer(self.trackers, l))
             zs.append(z)
         return zs, xs, c
 
     def call(self, inputs, training=False):
         zs, _, _ = self.trunk(inputs)
-        skip = self.skip(ops.concatenate(zs, axis=-1))  # [B, T, S]
-        h = self.head1(ops.relu(skip))  # [B, T, head]
-        return ops.cast(self.head2(ops.relu(h)), "float32")  # [B, T, classes]
+        qat = self.trackers is not None
+        logits = output_head(ops.concatenate(zs, axis=-1), linear(self.skip, qat), linear(self.head1, qat),
+                             linear(self.head2, qat), quantizer(self.trackers))  # [B, T, classes]
+        return ops.cast(logits, "float32")
 
     def get_config(self):
         return {"config": self.config.to_dict(), "name": self.name}

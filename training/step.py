@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from training.config import Config
-from training.model import WaveNet, conditioning_context
+from training.model import WaveNet, conditioning_context, gated_unit, output_head
+from training.quant import constant_quantizer, export_ranges, snap_numpy
 
 STEP_FORM = 2  # the manifest format version of what this module builds
 
@@ -44,14 +45,17 @@ def step_weights(model: WaveNet) -> dict:
 
     ``layers[l]["w"]`` [k * R, G] stacks the conv taps (tap j multiplies x[t - (k-1-j) d]); ``cond_w``
     [C, L * G] holds every layer's conditioning projection side by side (for the conditioner graph);
-    ``speaker_bias`` [speakers, L, G] is each speaker's per-layer gate bias s U_l.
+    ``speaker_bias`` [speakers, L, G] is each speaker's per-layer gate bias s U_l. A QAT model's
+    FULLY_CONNECTED weights come snapped to their int8 grid (what it was trained with, and what the converter's
+    per-channel quantization reproduces exactly), and ``ranges`` holds its fake quantization ranges (else None).
     """
     cfg = model.config
+    snap = snap_numpy if cfg.qat else (lambda w: w)
     layers_ = []
     for block in model.blocks:
-        kernel = block.conv.kernel.numpy()  # [k, R, G]
+        kernel = snap(block.conv.kernel.numpy())  # [k, R, G]
         layers_.append({"w": np.concatenate(list(kernel), axis=0), "b": block.conv.bias.numpy(),
-                        "res_w": None if block.res is None else block.res.kernel.numpy(),
+                        "res_w": None if block.res is None else snap(block.res.kernel.numpy()),
                         "res_b": None if block.res is None else block.res.bias.numpy()})
     cond_w = (np.concatenate([b.cond.kernel.numpy() for b in model.blocks], axis=1)
               if model.blocks[0].cond is not None else None)
@@ -60,10 +64,11 @@ def step_weights(model: WaveNet) -> dict:
         emb = model.speaker_embed.embeddings.numpy()  # [speakers, D]
         speaker_bias = np.stack([emb @ b.speaker.kernel.numpy() for b in model.blocks], axis=1)  # [speakers, L, G]
     return {"layers": layers_, "cond_w": cond_w, "speaker_bias": speaker_bias,
-            "skip_w": model.skip.kernel.numpy(), "skip_b": model.skip.bias.numpy(),
-            "head1_w": model.head1.kernel.numpy(), "head1_b": model.head1.bias.numpy(),
-            "head2_w": model.head2.kernel.numpy(), "head2_b": model.head2.bias.numpy(),
-            "embedding": model.embed.embeddings.numpy()}
+            "skip_w": snap(model.skip.kernel.numpy()), "skip_b": model.skip.bias.numpy(),
+            "head1_w": snap(model.head1.kernel.numpy()), "head1_b": model.head1.bias.numpy(),
+            "head2_w": snap(model.head2.kernel.numpy()), "head2_b": model.head2.bias.numpy(),
+            "embedding": model.embed.embeddings.numpy(),
+            "ranges": None if model.trackers is None else export_ranges(model.trackers)}
 
 
 def gate_inputs(config: Config, weights: dict, cond: np.ndarray | None, speaker: int) -> np.ndarray | None:
@@ -102,13 +107,14 @@ def _concat(parts: list, axis: int):
     return tf.concat(parts, axis=axis)
 
 
-def make_step_function(config: Config, weights: dict, batch: int):
+def make_step_function(config: Config, weights: dict, batch: int, fake_quant: bool = False):
     """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [(L-1) * B, R]}`` over fixed weights.
 
     Inputs (see :func:`step_input_specs`): ``state`` [rows * B, R] (the rows of :func:`state_layout`; each row
     holds B streams) and ``cond`` [L * B, G] (layer l's gate input for the sample being predicted, rows
     l * B + b). ``new_state`` holds the current inputs of layers 1..L-1 (layer 0's is the embedding, which the
-    runtime already has).
+    runtime already has). ``fake_quant`` (for the int8 conversion of a QAT model): the model's fake quantization
+    at its learned ranges, which the converter takes as the int8 scales.
     """
     import tensorflow as tf
 
@@ -119,26 +125,26 @@ def make_step_function(config: Config, weights: dict, batch: int):
     skip_w, skip_b = const(weights["skip_w"]), const(weights["skip_b"])
     head = [(const(weights["head1_w"]), const(weights["head1_b"])), (const(weights["head2_w"]), const(weights["head2_b"]))]
     rows = len(state_layout(config))
+    ranges = weights.get("ranges") if fake_quant else None
+    if fake_quant and ranges is None:
+        raise ValueError("fake quantization needs a QAT model's ranges")
+    q = [constant_quantizer(ranges, site) for site in range(n_layers)]
+    dense = lambda w, b: lambda v: tf.matmul(v, w) + b  # noqa: E731 (the bias fuses into the FULLY_CONNECTED)
 
     def step(**inputs):
-        x, *taps = tf.split(inputs["state"], rows, axis=0)  # rows x [B, R]
-        gates = tf.split(inputs["cond"], n_layers, axis=0) if "cond" in inputs else [None] * n_layers
+        # The inputs at the ranges every layer shares (within the layers the same rounding again, a no-op).
+        x, *taps = tf.split(q[0]("state", inputs["state"]), rows, axis=0)  # rows x [B, R]
+        gates = (tf.split(q[0]("cond", inputs["cond"]), n_layers, axis=0) if "cond" in inputs
+                 else [None] * n_layers)  # [B, G]: conditioning and speaker, one ADD
         new_state, zs = [], []
         for l, (w, b, res) in enumerate(layer_w):
             if l:
                 new_state.append(x)
-            a = tf.matmul(tf.concat(taps[l * (k - 1):(l + 1) * (k - 1)] + [x], axis=-1), w) + b  # bias fuses into FC
-            if gates[l] is not None:
-                a = a + gates[l]  # [B, G]: conditioning and speaker, one ADD
-            f, g = tf.split(a, 2, axis=-1)
-            z = tf.tanh(f) * tf.sigmoid(g)  # [B, H]
+            pre = tf.matmul(tf.concat(taps[l * (k - 1):(l + 1) * (k - 1)] + [x], axis=-1), w) + b
+            x, z = gated_unit(pre, gates[l], x, None if res is None else dense(*res), q[l])  # [B, R], [B, H]
             zs.append(z)
-            if res is not None:
-                x = x + (tf.matmul(z, res[0]) + res[1])
-        skip = tf.matmul(_concat(zs, -1), skip_w) + skip_b  # [B, S]
-        hidden = tf.nn.relu(tf.matmul(tf.nn.relu(skip), head[0][0]) + head[0][1])
-        logits = tf.matmul(hidden, head[1][0]) + head[1][1]  # [B, classes]
-        return {"logits": logits, "new_state": _concat(new_state, 0)}  # [(L-1) * B, R]
+        logits = output_head(_concat(zs, -1), dense(skip_w, skip_b), dense(*head[0]), dense(*head[1]), q[0])
+        return {"logits": logits, "new_state": _concat(new_state, 0)}  # [B, classes], [(L-1) * B, R]
 
     return tf.function(step).get_concrete_function(**step_input_specs(config, batch))
 

@@ -141,7 +141,7 @@ class RunFolder:
         """Writes a checkpoint, updates the best validation and ``run.json``, prunes old checkpoints."""
         if val_nll is not None and val_nll < self.best_nll:
             self.best_step, self.best_nll = step, val_nll
-        ckpt_io.save_checkpoint(self.dir, step, learner.variables, learner.ema, learner.optimizer.variables,
+        ckpt_io.save_checkpoint(self.dir, step, learner.saved, learner.saved_ema, learner.optimizer.variables,
                                 {"val_nll_bits": val_nll, **extra})
         self.info.update(best_step=self.best_step, cpu_seconds=self.cpu_seconds(),
                          best_val_nll_bits=None if math.isinf(self.best_nll) else self.best_nll)
@@ -166,13 +166,16 @@ class Learner:
             self.ema = [tf.Variable(v.value, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                         for v in self.model.trainable_variables]
         self.variables = self.model.trainable_variables
+        # A QAT model's ranges: saved beside the weights, and in ema.npz as they are (already moving averages)
+        self.saved = self.variables + self.model.non_trainable_variables
+        self.saved_ema = self.ema + self.model.non_trainable_variables
 
     def restore_latest(self, run_dir: Path, log) -> int:
         """Loads the newest checkpoint of the run, if any; returns its step (0 for a new run)."""
         existing = ckpt_io.checkpoints(run_dir)
         if not existing:
             return 0
-        state = ckpt_io.restore_checkpoint(existing[-1], self.variables, self.ema, self.optimizer.variables)
+        state = ckpt_io.restore_checkpoint(existing[-1], self.saved, self.saved_ema, self.optimizer.variables)
         log(f"resumed from {existing[-1].name} (step {state['step']})")
         return state["step"]
 
@@ -251,7 +254,7 @@ class StopSignals:
 
 
 def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strategy: tf.distribute.Strategy | None = None,
-          progress: bool = True, log=print) -> dict:
+          progress: bool = True, log=print, qat_from=None) -> dict:
     """Trains (or resumes) a run and returns a summary dict.
 
     Args:
@@ -261,6 +264,7 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
         strategy: a tf.distribute strategy (default: :func:`choose_strategy`).
         progress: show the progress line on stderr.
         log: where one-line messages go.
+        qat_from: a :class:`training.qat.QATSource`: a new run starts from its weights (``config.qat`` runs).
 
     Returns:
         {"step", "best_step", "val_nll_bits", "samples_per_s", "receptive_field", "interrupted", ...}.
@@ -273,11 +277,19 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
     if config.use_speaker and not config.speakers:
         config = config.replace(speakers=corpus.speakers)
     run = RunFolder(run_dir, config, data, corpus)
+    if qat_from is not None:
+        run.info["qat_from"] = qat_from.record()
+        ckpt_io.write_json_atomic(run.dir / "run.json", run.info)
     rf = receptive_field(config)
     log(f"receptive field {rf} samples ({1000 * rf / config.sample_rate:.1f} ms); {len(corpus.train)} training and "
         f"{len(corpus.val)} validation files; {strategy.num_replicas_in_sync} replica(s)")
     learner = Learner(config, strategy)
+    fresh = not ckpt_io.checkpoints(run_dir)  # (a checkpoint at step 0 is a start already made)
     start = learner.restore_latest(run_dir, log)
+    if fresh and config.qat:
+        from training.qat import start_qat
+
+        start_qat(learner, qat_from, training_batches(config, corpus, strategy, start), strategy, log)
     validator = Validator(learner, config, corpus, run)
     summary = {"step": start, "val_nll_bits": None, "samples_per_s": None, "interrupted": False}
     if config.steps <= start:

@@ -22,9 +22,12 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--preset", default="s", help="Config preset: tiny, xs, s or paper.")
-@click.option("--data", "data_dir", required=True, type=click.Path(), help="Folder of WAV/FLAC files (recursive).")
+@click.option("--preset", default="s", help="Config preset: tiny, xs, s or paper (with --qat-from: the source's).")
+@click.option("--data", "data_dir", default=None, type=click.Path(),
+              help="Folder of WAV/FLAC files (recursive). Required, except with --qat-from (default: the source's).")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run folder (resumed if it exists).")
+@click.option("--qat-from", "qat_from", default=None, type=click.Path(),
+              help="Quantization-aware fine-tuning of this finished float run (its config, data and final weights).")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the preset's); 0 writes an initial checkpoint.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--speaker-regex", default=None, help="Regex with a named group 'speaker' on file names (default: parent folder).")
@@ -33,18 +36,28 @@ def main() -> None:
 @click.option("--cpu-replicas", default=0, type=int, help="Split the CPU into N logical devices (MirroredStrategy test).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @clean_errors
-def train(preset, data_dir, run_dir, steps, overrides, speaker_regex, val_regex, val_fraction, cpu_replicas, quiet):
+def train(preset, data_dir, run_dir, qat_from, steps, overrides, speaker_regex, val_regex, val_fraction, cpu_replicas,
+          quiet):
     """Train (or resume) a WaveNet on a folder of recordings."""
+    if data_dir is None and qat_from is None:
+        raise click.UsageError("Missing option '--data'.")
     require_tensorflow()
     from training.config import Config
     from training.train import DataArgs, choose_strategy, train as run_training
 
-    config = Config.preset(preset).with_overrides(list(overrides))
-    if steps is not None:
-        config = config.replace(steps=steps)
-    data = DataArgs(data_dir, speaker_regex, val_regex, val_fraction)
+    data = None if data_dir is None else DataArgs(data_dir, speaker_regex, val_regex, val_fraction)
+    source = None
+    if qat_from is not None:
+        from training.qat import prepare
+
+        named = click.get_current_context().get_parameter_source("preset") == click.core.ParameterSource.COMMANDLINE
+        config, data, source = prepare(qat_from, run_dir, list(overrides), steps, preset if named else None, data)
+    else:
+        config = Config.preset(preset).with_overrides(list(overrides))
+        if steps is not None:
+            config = config.replace(steps=steps)
     summary = run_training(config, data, run_dir, strategy=choose_strategy(cpu_replicas), progress=not quiet,
-                           log=lambda m: click.echo(m, err=True))
+                           log=lambda m: click.echo(m, err=True), qat_from=source)
     click.echo(json.dumps(summary))
     if summary["interrupted"]:
         sys.exit(130)

@@ -70,10 +70,17 @@ def test_config_is_frozen():
     ("adam_beta2=1", r"adam_beta2 must be in \(0, 1\)"),
     ("warmup_steps=-5", "warmup_steps must be >= 0"),
     ("lr_min=0.1", "lr_min <= learning_rate"),
+    ("qat_range_decay=1", r"qat_range_decay must be in \(0, 1\)"),
+    ("qat_calibration_batches=-1", "qat_calibration_batches must be >= 0"),
 ])
 def test_recipe_options_are_checked(setting, message):
     with pytest.raises(ConfigError, match=message):
         Config.preset("s").with_overrides([setting])
+
+
+def test_qat_needs_float32_compute():
+    with pytest.raises(ConfigError, match="qat needs mixed_precision none"):
+        Config.preset("tiny", qat=True, mixed_precision="bfloat16")
 
 
 def test_bad_recipe_option_on_the_command_line_is_a_clean_error(tmp_path):
@@ -88,8 +95,10 @@ def test_bad_recipe_option_on_the_command_line_is_a_clean_error(tmp_path):
 def test_old_configs_keep_their_recipe():
     """A config saved before the recipe options existed loads with the recipe it was trained with."""
     values = Config.preset("s").to_dict()
-    for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis"):
+    for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis", "qat",
+                "qat_range_decay", "qat_calibration_batches"):
         values.pop(key)
     old = Config.from_dict(values)
     assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (
         "exponential", 0, 0.999, False, 0.0)
+    assert not old.qat  # a float model

@@ -92,19 +92,20 @@ def test_seeded_initialisation_is_reproducible(tiny_config):
         np.testing.assert_array_equal(wa, wb)
 
 
-def step_loop_logits(model, inputs: dict) -> np.ndarray:
+def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarray:
     """Teacher-forced logits [T, classes] of one utterance through the streaming form's TF functions.
 
     The conditioner function runs once over the whole utterance (padded with its context, as the runtime's
     first and last chunks are); the step function runs per sample on the whole history of every layer's input
     instead of a ring buffer: an independent check of the bookkeeping the edge runtime does with ring buffers.
+    ``fake_quant``: the step graph of a QAT model's int8 export (its fake quantization in the graph).
     """
     from training.model import conditioning_context
     from training.step import gate_inputs, make_conditioner_function, make_step_function, state_layout, step_weights
 
     cfg = model.config
     weights = step_weights(model)
-    step = make_step_function(cfg, weights, batch=1)
+    step = make_step_function(cfg, weights, batch=1, fake_quant=fake_quant)
     audio = inputs["audio"][0]
     T = audio.shape[0]
     speaker = int(inputs["speaker"][0]) if cfg.use_speaker else 0

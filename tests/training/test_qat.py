@@ -1,0 +1,152 @@
+"""Quantization-aware training: fine-tuning a finished float run (``train --qat-from``), its checks, resume,
+the step graph's fake quantization, and the int8 export carrying the learned ranges."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.helpers import assert_clean_error, run_cli
+from training import checkpoint as ckpt_io
+from training.config import Config
+
+# The Edge TPU compiler's list, as in tests/edge/test_runtime.py::test_int8_step_graph_is_edge_tpu_compatible
+EDGE_TPU_OPS = {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MUL", "QUANTIZE", "SPLIT", "TANH"}
+
+
+def qat_train(source, out, steps, *overrides):
+    """``train --qat-from source`` through the library (the CLI's path, in this process)."""
+    from training.qat import prepare
+    from training.train import train
+
+    messages = []
+    config, data, src = prepare(source, out, list(overrides), steps, None)
+    summary = train(config, data, out, qat_from=src, progress=False, log=messages.append)
+    return summary, messages
+
+
+@pytest.fixture(scope="module")
+def qat_run(tiny_run, tmp_path_factory):
+    """The tiny float run fine-tuned with fake quantization for 150 steps."""
+    out = tmp_path_factory.mktemp("qat") / "run"
+    summary, _ = qat_train(tiny_run[0], out, 150, "val_every=150", "checkpoint_every=150")
+    return out, summary
+
+
+def test_qat_run_config_and_provenance(tiny_run, qat_run):
+    from training.qat import QATSource
+
+    source, (out, summary) = tiny_run[0], qat_run
+    config, float_config = Config.from_json(out / "config.json"), Config.from_json(source / "config.json")
+    assert config.qat and not float_config.qat and config.steps == 150
+    # fine-tuning continues at the rate the float run ended with: 3e-3 * 0.7 ** (300 / 1000)
+    assert config.learning_rate == pytest.approx(3e-3 * 0.7 ** 0.3, rel=1e-5)
+    assert QATSource.open(source).final_learning_rate() == pytest.approx(config.learning_rate, rel=1e-5)
+    info = ckpt_io.read_run_info(out)
+    assert info["qat_from"] == {"run": str(source.resolve()), "checkpoint": "ckpt-00000300", "step": 300}
+    assert info["data"] == ckpt_io.read_run_info(source)["data"]  # the source's data and split by default
+    ema = np.load(ckpt_io.checkpoints(out)[-1] / "ema.npz")
+    # the ranges are saved with the weights: 32 calibration batches, then one update per step
+    assert np.all(ema["wavenet/state_range/count"] == 32 + 150)
+    assert np.all(ema["wavenet/skip_range/minmax"][:, 0] == 0) and np.all(ema["wavenet/skip_range/minmax"][:, 1] > 0)
+    assert summary["val_nll_bits"] < summary["val_unigram_entropy_bits"] - 1.0  # still a trained model
+
+
+def test_qat_from_bad_sources_are_clean_errors_that_write_nothing(tiny_run, qat_run, tiny_data, tmp_path):
+    source, (qat_dir, _) = tiny_run[0], qat_run
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(source, unfinished)
+    Config.from_json(source / "config.json").replace(steps=1000).to_json(unfinished / "config.json")
+    out = tmp_path / "new"
+    cases = [
+        (["--qat-from", str(unfinished), "--steps", "5"], ["not a finished run", "step 300 of 1000"]),
+        (["--qat-from", str(qat_dir), "--steps", "5"], ["is a QAT run already"]),
+        (["--qat-from", str(source), "--steps", "5", "--preset", "xs"], ["'tiny' model, not 'xs'"]),
+        (["--qat-from", str(source), "--steps", "5", "--set", "residual_channels=8"], ["architecture", "residual_channels"]),
+    ]
+    for args, fragments in cases:
+        assert_clean_error(run_cli("train", "--out", str(out), "--quiet", *args), *fragments)
+        assert not out.exists()
+    from training.qat import QATError, prepare
+
+    for source_dir, steps, overrides, message in [
+        (tmp_path / "missing", 5, [], "not a run folder"),
+        (source, None, [], "needs --steps"),
+        (source, 5, ["n_mels=8"], "n_mels"),
+        (source, 5, ["preemphasis=0.5"], "preemphasis"),  # the data, not only the shapes, must stay
+        (source, 5, ["qat=false"], "contradicts"),
+    ]:
+        with pytest.raises(ckpt_io.CheckpointError if "folder" in message else QATError, match=message):
+            prepare(source_dir, out, overrides, steps, None)
+    with pytest.raises(QATError, match="is a float run"):  # an existing float run is never the target
+        prepare(source, source, [], 5, None)
+    assert not out.exists()
+
+
+def test_qat_run_resumes_with_its_ranges(tiny_run, tmp_path):
+    out = tmp_path / "qat"
+    settings = ("val_every=10", "checkpoint_every=10", "qat_calibration_batches=4")
+    _, messages = qat_train(tiny_run[0], out, 0, *settings)  # --steps 0: the calibrated start, saved
+    assert any("calibrated on 4 training batches" in m for m in messages)
+    count = lambda: np.load(ckpt_io.checkpoints(out)[-1] / "ema.npz")["wavenet/gate_range/count"]  # noqa: E731
+    assert np.all(count() == 4)
+    for steps in (10, 20):  # the same command with more steps resumes, from step 0 too, never calibrating again
+        ranges = np.load(ckpt_io.checkpoints(out)[-1] / "ema.npz")["wavenet/gate_range/minmax"]
+        summary, messages = qat_train(tiny_run[0], out, steps, *settings)
+        assert summary["step"] == steps and any(f"resumed from ckpt-{steps - 10:08d}" in m for m in messages)
+        assert not any("calibrated" in m or "QAT from" in m for m in messages)
+        assert np.all(count() == 4 + steps)  # ten more moving-average updates each time
+        moved = np.abs(np.load(ckpt_io.checkpoints(out)[-1] / "ema.npz")["wavenet/gate_range/minmax"] - ranges)
+        assert 0 < moved.max() < 0.3 * np.abs(ranges).max(), (moved.max(), np.abs(ranges).max())
+    opt = np.load(ckpt_io.checkpoints(out)[-1] / "optimizer.npz")
+    assert int(opt["00000"]) == 20
+
+
+def test_step_graph_with_fake_quant_matches_the_qat_model(tiny_config):
+    from tests.training.test_model import random_inputs, step_loop_logits
+    from training.config import receptive_field
+    from training.model import build_model
+
+    config = tiny_config.replace(qat=True)
+    model = build_model(config)
+    samples = (2 * receptive_field(config) // config.hop_length + 2) * config.hop_length
+    inputs = random_inputs(config, 1, samples, seed=5)
+    for _ in range(3):
+        model(inputs, training=True)  # observes the ranges
+    full = model(inputs).numpy()[0]
+    stepped = step_loop_logits(model, inputs, fake_quant=True)
+    logit_step = np.diff(model.trackers["logits"].minmax.numpy()[0])[0] / 255
+    # the same rounding at the same ranges; the conditioner's float path may flip a rare rounding by one step
+    assert np.mean(np.abs(full - stepped) < 1e-5) > 0.99 and np.abs(full - stepped).max() <= 8 * logit_step
+    float_logits = step_loop_logits(model, inputs)  # the float step graph (snapped weights, no activation rounding)
+    assert np.abs(float_logits - full).max() > 2 * logit_step  # so the rounding is there, and measurable
+
+
+def test_int8_export_of_a_qat_run_uses_the_learned_ranges(qat_run, tmp_path):
+    from edge_runtime.interpreter import graph_details
+    from training.checkpoint import load_model
+    from training.step import step_weights
+
+    out, _ = qat_run
+    model_dir = tmp_path / "int8"
+    r = run_cli("export", str(out), "--out", str(model_dir), "--quantize", "int8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    ranges = step_weights(load_model(out)[0])["ranges"]
+    ports = {**manifest["step"]["inputs"], **manifest["step"]["outputs"]}
+    for port, name in [("state", "state"), ("new_state", "state"), ("cond", "cond"), ("logits", "logits")]:
+        lo, hi = ranges[name][0]
+        scale = (hi - lo) / 255
+        assert ports[port]["scale"] == pytest.approx(scale, rel=1e-6), port
+        assert ports[port]["zero_point"] == -128 + round(-lo / scale), port
+    # the state goes out at the scale it comes in: no requantization between steps
+    assert ports["state"]["scale"] == ports["new_state"]["scale"]
+    ops, tensors = graph_details(model_dir / "step.tflite")
+    assert set(ops) <= EDGE_TPU_OPS and "QUANTIZE" not in ops and ops["FULLY_CONNECTED"] == 4 + 3 + 1 + 2, ops
+    assert {np.dtype(t["dtype"]).name for t in tensors} == {"int8", "int32"}
+    report = json.loads((model_dir / "report.json").read_text())["variants"]["int8"]
+    # the int8 graph computes what the QAT model simulates (its TF reference): the integer kernels' own
+    # rounding, fed back through the state, is all that differs (measured: ratio 1.0005, KL 0.008, argmax 0.90)
+    assert abs(report["nll_ratio_to_tf_float32"] - 1) < 0.003 and report["mean_kl_nats"] < 0.02, report
+    assert report["argmax_agreement"] > 0.85, report

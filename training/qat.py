@@ -1,0 +1,149 @@
+"""Quantization-aware fine-tuning of a finished float run: ``wavenet-edge train --qat-from RUN_DIR --out NEW_RUN``.
+
+The new run is a run folder like any other (resumed by the same command), whose config is the source's with
+``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, the learning rate
+the source ended with. It starts from the source's final EMA weights; forward passes over
+``qat_calibration_batches`` training batches set the int8 ranges before the first step. ``export --quantize int8``
+of it then uses the learned ranges. Everything is checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime.errors import WavenetEdgeError
+from training import checkpoint as ckpt_io
+from training.config import Config
+
+# What a QAT run may set differently from its float source: the schedule and bookkeeping of training, never
+# anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
+TUNABLE = frozenset({
+    "batch_size", "segment_length", "lr_schedule", "learning_rate", "lr_decay_rate", "lr_decay_steps", "lr_min",
+    "warmup_steps", "adam_beta2", "score_whole_window", "grad_clip_norm", "ema_decay", "steps", "checkpoint_every",
+    "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision", "qat_range_decay",
+    "qat_calibration_batches"})
+
+
+class QATError(WavenetEdgeError):
+    """A QAT run cannot start from the given source or into the given folder (the message says why)."""
+
+
+@dataclass(frozen=True)
+class QATSource:
+    """A finished float run and its final checkpoint."""
+
+    run_dir: Path
+    config: Config
+    checkpoint: Path
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike) -> "QATSource":
+        """Checks that ``run_dir`` is a finished float run (its last checkpoint at its config's ``steps``)."""
+        run_dir = Path(run_dir)
+        config = ckpt_io.load_run_config(run_dir)
+        if config.qat:
+            raise QATError(f"{run_dir} is a QAT run already: fine-tune its float source instead")
+        ckpts = ckpt_io.checkpoints(run_dir)
+        last = ckpts[-1] if ckpts else None
+        step = ckpt_io.step_of(last) if last else 0
+        if last is None or step < config.steps or ckpt_io.read_state(last).get("interrupted"):
+            raise QATError(f"{run_dir} is not a finished run (last checkpoint at step {step} of {config.steps}): "
+                           "finish its training first")
+        return cls(run_dir, config, last)
+
+    def final_learning_rate(self) -> float:
+        """The learning rate the source's schedule reached at its last step."""
+        from training.train import DecaySchedule
+
+        return float(DecaySchedule(self.config)(self.config.steps))
+
+    def qat_config(self, overrides: list[str], steps: int, preset: str | None = None) -> Config:
+        """The QAT run's config: the source's, ``qat`` on, its final learning rate, then ``overrides`` (``--set``).
+
+        Raises QATError for another architecture: a ``preset`` other than the source's, or an override of a field
+        outside :data:`TUNABLE`.
+        """
+        if preset is not None and preset != self.config.name:
+            raise QATError(f"{self.run_dir} is a {self.config.name!r} model, not {preset!r}: a QAT run keeps the "
+                           "architecture of its source")
+        lr = max(float(f"{self.final_learning_rate():.6g}"), self.config.lr_min)
+        base = self.config.replace(qat=True, mixed_precision="none", learning_rate=lr)
+        config = base.with_overrides(overrides).replace(steps=steps)
+        if not config.qat:
+            raise QATError("qat=false contradicts --qat-from")
+        a, b = self.config.to_dict(), config.to_dict()
+        changed = [k for k in a if k not in TUNABLE | {"qat"} and a[k] != b[k]]
+        if changed:
+            k = changed[0]
+            raise QATError(f"a QAT run keeps the architecture and data of its source: {k} is {a[k]!r} in "
+                           f"{self.run_dir}, {b[k]!r} requested")
+        return config
+
+    def data_args(self):
+        """The source's data folder, labelling and split (a QAT run's default data)."""
+        from training.train import DataArgs
+
+        data = ckpt_io.read_run_info(self.run_dir).get("data", {})
+        fields = {f.name for f in dataclasses.fields(DataArgs)}
+        if "data_dir" not in data:
+            raise QATError(f"{self.run_dir}/run.json names no data folder: give --data")
+        return DataArgs(**{k: v for k, v in data.items() if k in fields})
+
+    def record(self) -> dict:
+        """The provenance stored in the QAT run's ``run.json``."""
+        return {"run": str(self.run_dir.resolve()), "checkpoint": self.checkpoint.name,
+                "step": ckpt_io.step_of(self.checkpoint)}
+
+    def check_target(self, run_dir: str | os.PathLike) -> None:
+        """An existing ``run_dir`` must be a QAT run of this source (then it is resumed)."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.json").exists():
+            return
+        if not ckpt_io.load_run_config(run_dir).qat:
+            raise QATError(f"{run_dir} is a float run: choose a new --out for the QAT run")
+        source = ckpt_io.read_run_info(run_dir).get("qat_from", {}).get("run")
+        if source != self.record()["run"]:
+            raise QATError(f"{run_dir} fine-tunes another run ({source}): choose a new --out")
+
+    def load_into(self, learner) -> None:
+        """The source's final EMA weights into the model and its EMA (the ranges are set by calibration)."""
+        ckpt_io.assign_arrays(learner.variables, ckpt_io.load_ema(self.checkpoint), f"{self.checkpoint}/ema.npz")
+        for e, v in zip(learner.ema, learner.variables):
+            e.assign(v)
+
+
+def prepare(source_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: list[str], steps: int | None,
+            preset: str | None, data=None):
+    """Checks a ``--qat-from`` request and returns (config, data args, source) for :func:`training.train.train`.
+
+    ``preset``: the preset named on the command line (None when not named); ``data``: DataArgs, or None for the
+    source's.
+    """
+    if steps is None:
+        raise QATError("--qat-from needs --steps (the number of fine-tuning steps)")
+    source = QATSource.open(source_dir)
+    config = source.qat_config(overrides, steps, preset)
+    source.check_target(run_dir)
+    return config, data or source.data_args(), source
+
+
+def start_qat(learner, source: QATSource | None, batches, strategy, log) -> None:
+    """The start of a QAT run: the source's weights (if any), then the ranges from forward passes (no step)."""
+    import tensorflow as tf
+
+    if source is not None:
+        source.load_into(learner)
+        log(f"QAT from {source.run_dir} ({source.checkpoint.name}, EMA weights)")
+    n = learner.model.config.qat_calibration_batches
+
+    @tf.function
+    def observe(batch):
+        strategy.run(lambda b: learner.model(b, training=True), args=(batch,))
+
+    for _ in range(n):
+        observe(next(batches))
+    if n:
+        log(f"int8 ranges calibrated on {n} training batches")
