@@ -8,8 +8,18 @@ import tensorflow as tf
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
+
 def convert(concrete_fn, variant: str, representative: Callable[[], Iterable[dict]] | None = None) -> bytes:
-    """Converts one concrete function to a TFLite flatbuffer.
+    """Converts one concrete function to a TFLite flatbuffer (the arguments of :func:`converter_for`)."""
+    return converter_for(concrete_fn, variant, representative).convert()
+
+
+def converter_for(concrete_fn, variant: str,
+                  representative: Callable[[], Iterable[dict]] | None = None) -> tf.lite.TFLiteConverter:
+    """The TFLite converter of one concrete function, configured for a variant (not yet run).
+
+    Also what ``tools/quant_debug.py`` hands to TensorFlow Lite's quantization debugger, so that it quantizes
+    exactly as the export does.
 
     Args:
         concrete_fn: the graph (fixed input shapes).
@@ -36,4 +46,4 @@ def convert(concrete_fn, variant: str, representative: Callable[[], Iterable[dic
         converter.inference_output_type = tf.int8
     elif variant != "float32":
         raise ValueError(f"unknown variant {variant!r}")
-    return converter.convert()
+    return converter

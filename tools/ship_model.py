@@ -1,11 +1,14 @@
 """Exports a trained run as the package's shipped model, with example clips, a model card and a regression number.
 
     python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings [--name pi --float16 no]
+        [--int8-from runs/s_fsdd_qat]
 
 Writes (each folder built under a temporary name and renamed into place):
 * ``edge_runtime/models/NAME/``: the ``dynamic`` variant (``default``: what ``Synthesizer.load()`` and ``synth``
   use); ``NAME-float16/`` (the float variant, unless ``--float16 no``) and ``NAME-int8/`` only if full int8
-  passes the quality bar;
+  passes the quality bar (its NLL within 3 % of the float run's TF float32 NLL on the same validation samples):
+  the run's own int8 export, or with ``--int8-from`` that of its quantization-aware fine-tuning (its last
+  checkpoint; ``train --qat-from RUN``);
 * ``edge_runtime/examples/``: one held-out clip per speaker, with ``ATTRIBUTION.md``;
 * ``edge_runtime/models/training.json`` (config, command, steps, wall time, curve) and ``reference.json``: the TF
   float32 NLL of two example clips, which the tests compare with the shipped variant through the edge runtime
@@ -74,6 +77,28 @@ def training_history(run: Path) -> dict:
     return {"curve": curve, "wall_seconds": seconds, "seconds_per_step": typical}
 
 
+def check_qat_source(qat_run: Path, run: Path, checkpoint: str) -> None:
+    """``qat_run`` must fine-tune ``run``'s shipped checkpoint (else its int8 graph is another model's)."""
+    source = read_run_info(qat_run).get("qat_from")
+    if not source:
+        raise SystemExit(f"error: {qat_run} is not a QAT run (train --qat-from {run})")
+    if Path(source["run"]).resolve() != run.resolve() or source["checkpoint"] != checkpoint:
+        raise SystemExit(f"error: {qat_run} fine-tunes {source['run']} {source['checkpoint']}, "
+                         f"not the shipped {run} {checkpoint}")
+
+
+def int8_from_qat(qat_run: Path, out: Path, report: dict, temperature: float | None) -> dict:
+    """Exports the QAT run's last checkpoint as int8; its NLL against the float run's TF float32 NLL (the export
+    scores the same validation samples for both runs: same data split, same count)."""
+    qat = export(qat_run, out, "int8", checkpoint="last", temperature=temperature)
+    int8, float_tf = qat["variants"]["int8"], report["tensorflow_float32"]
+    if int8["samples"] != float_tf["samples"]:
+        raise SystemExit(f"error: {qat_run} was scored on {int8['samples']} samples, the float run on "
+                         f"{float_tf['samples']}: not the same validation split")
+    return {**int8, "run": qat["run"], "checkpoint": qat["checkpoint"],
+            "nll_ratio_to_tf_float32": int8["nll_bits_per_sample"] / float_tf["nll_bits_per_sample"]}
+
+
 def pick_examples(data_dir: Path, speakers: list[str], val_regex: str) -> list[Path]:
     """One held-out clip per speaker, different digits, in speaker order."""
     import re
@@ -100,6 +125,8 @@ def main() -> None:
     parser.add_argument("--name", default="default", help="Folder name of the shipped voice.")
     parser.add_argument("--float16", choices=("yes", "no"), default="yes", help="Also ship NAME-float16.")
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature to recommend.")
+    parser.add_argument("--int8-from", type=Path, default=None,
+                        help="A QAT run of RUN's shipped checkpoint: its int8 export is the NAME-int8 candidate.")
     args = parser.parse_args()
     prefix = "" if args.name == "default" else f"{args.name}."
 
@@ -107,18 +134,23 @@ def main() -> None:
     data = portable_data(info.get("data", {}), base=REPO)  # shipped files hold no absolute path of this machine
     model, config, ckpt = load_model(args.run, args.checkpoint)
     step = json.loads((ckpt / "state.json").read_text())["step"]
+    if args.int8_from:
+        check_qat_source(args.int8_from, args.run, ckpt.name)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         tmp = Path(tmp)
         report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint, temperature=args.temperature)
-        variants = report["variants"]
+        folders = {"dynamic": tmp / "all" / "dynamic", "float16": tmp / "all" / "float16", "int8": tmp / "all" / "int8"}
+        if args.int8_from:
+            report["int8_from"] = int8_from_qat(args.int8_from, tmp / "qat", report, args.temperature)
+            folders["int8"] = tmp / "qat"
         ship = {args.name: "dynamic"}
         if args.float16 == "yes":
             ship[f"{args.name}-float16"] = "float16"
-        if variants["int8"]["nll_ratio_to_tf_float32"] <= INT8_BAR:
+        if (report.get("int8_from") or report["variants"]["int8"])["nll_ratio_to_tf_float32"] <= INT8_BAR:
             ship[f"{args.name}-int8"] = "int8"
         for name, variant in ship.items():
-            replace_folder(tmp / "all" / variant, args.out / name)
+            replace_folder(folders[variant], args.out / name)
         for stale in {f"{args.name}-int8"} - set(ship):
             shutil.rmtree(args.out / stale, ignore_errors=True)
 

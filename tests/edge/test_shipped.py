@@ -19,10 +19,13 @@ MODELS = Path(default_model_dir()).parent
 FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 
 
-# (model folder, its reference file, tolerance): the default voice's float16 variant must give TF float32's NLL
-# (export measured KL ~1e-7), dynamic variants within 0.25 %. Every other shipped voice NAME has NAME.reference.json.
+# (model folder, its reference file, tolerance in bits): the default voice's float16 variant must give TF float32's
+# NLL (export measured KL ~1e-7), dynamic variants within 0.25 %. Every other shipped voice NAME has
+# NAME.reference.json. A full-int8 variant ships only within 3 % of the float NLL (tools/ship_model.py): so here.
 SHIPPED = [("default-float16", "reference.json", 1e-3), ("default", "reference.json", 0.01)] + [
     (p.name.split(".")[0], p.name, 0.01) for p in sorted(MODELS.glob("*.reference.json"))]
+SHIPPED += [(f"{name}-int8", reference, "3%") for name, reference, _ in SHIPPED
+            if (MODELS / f"{name}-int8" / "manifest.json").exists()]
 
 
 def test_shipped_model_synthesises_each_speaker():
@@ -47,8 +50,10 @@ def test_shipped_nll_matches_the_number_recorded_at_export(folder, reference_fil
     synth = Synthesizer.load(MODELS / folder)
     pattern = "^(" + "|".join(re.escape(c) for c in reference["clips"]) + ")$"
     result = evaluate_folder(synth, example_clips()[0].parent, reference["speaker_regex"], pattern)
+    expected = reference["tf_float32_nll_bits_per_sample"]
+    tolerance = 0.03 * expected if tolerance == "3%" else tolerance
     assert result["files"] == 2 and result["samples"] == reference["samples"]
-    assert abs(result["nll_bits_per_sample"] - reference["tf_float32_nll_bits_per_sample"]) < tolerance
+    assert abs(result["nll_bits_per_sample"] - expected) < tolerance
 
 
 def test_shipped_model_checksums_are_enforced(tmp_path):
