@@ -56,6 +56,24 @@ def test_shipped_nll_matches_the_number_recorded_at_export(folder, reference_fil
     assert abs(result["nll_bits_per_sample"] - expected) < tolerance
 
 
+INT8_SHIPPED = sorted(p.parent.name for p in MODELS.glob("*-int8/manifest.json"))
+
+
+@pytest.mark.parametrize("folder", INT8_SHIPPED)
+def test_shipped_int8_voices_are_edge_tpu_graphs(folder):
+    """What an Edge TPU compiler maps: listed ops only, int8 activations (int32 only for biases and shapes)."""
+    from edge_runtime.interpreter import graph_details
+
+    ops, tensors = graph_details(MODELS / folder / "step.tflite")
+    config = json.loads((MODELS / folder / "manifest.json").read_text())["config"]
+    layers = config["stacks"] * config["layers_per_stack"]
+    assert set(ops) <= {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MUL", "QUANTIZE", "SPLIT", "TANH"}, ops
+    assert ops["FULLY_CONNECTED"] == layers + (layers - 1) + 1 + 2  # dilated, residual (not the last), skip, head
+    assert {np.dtype(t["dtype"]).name for t in tensors} == {"int8", "int32"}
+    assert all(len(t["shape"]) <= 1 for t in tensors if np.dtype(t["dtype"]) == np.int32)
+    assert max(len(t["shape"]) for t in tensors) <= 3
+
+
 def test_shipped_model_checksums_are_enforced(tmp_path):
     copy = shutil.copytree(default_model_dir(), tmp_path / "model")
     data = bytearray((copy / "step.tflite").read_bytes())
