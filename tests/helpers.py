@@ -29,3 +29,22 @@ def assert_clean_error(result, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     for f in fragments:
         assert f in lines[0], (f, lines[0])
+
+
+EDGE_TPU_OPS = {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MUL", "QUANTIZE", "SPLIT", "TANH"}
+
+
+def assert_edge_tpu_graph(step_tflite, layers: int) -> None:
+    """Only ops on the Edge TPU compiler's list, integer tensors only, rank <= 3, static shapes."""
+    import numpy as np
+
+    from edge_runtime.interpreter import graph_details
+
+    ops, tensors = graph_details(step_tflite)
+    assert set(ops) <= EDGE_TPU_OPS, ops
+    assert ops["FULLY_CONNECTED"] == layers + (layers - 1) + 1 + 2  # dilated, residual (not the last), skip, head
+    assert {np.dtype(t["dtype"]).name for t in tensors} == {"int8", "int32"}  # no float tensor anywhere
+    # int32 only for FULLY_CONNECTED biases and shape/axis constants (rank <= 1); every activation is int8
+    assert all(len(t["shape"]) <= 1 for t in tensors if np.dtype(t["dtype"]) == np.int32)
+    assert max(len(t["shape"]) for t in tensors) <= 3
+    assert all(-1 not in list(t["shape_signature"]) for t in tensors)

@@ -140,14 +140,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         tmp = Path(tmp)
         report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint, temperature=args.temperature)
-        folders = {"dynamic": tmp / "all" / "dynamic", "float16": tmp / "all" / "float16", "int8": tmp / "all" / "int8"}
+        folders = {variant: tmp / "all" / variant for variant in ("dynamic", "float16", "int8")}
+        int8 = report["variants"]["int8"]
         if args.int8_from:
-            report["int8_from"] = int8_from_qat(args.int8_from, tmp / "qat", report, args.temperature)
+            int8 = report["int8_from"] = int8_from_qat(args.int8_from, tmp / "qat", report, args.temperature)
             folders["int8"] = tmp / "qat"
         ship = {args.name: "dynamic"}
         if args.float16 == "yes":
             ship[f"{args.name}-float16"] = "float16"
-        if (report.get("int8_from") or report["variants"]["int8"])["nll_ratio_to_tf_float32"] <= INT8_BAR:
+        if int8["nll_ratio_to_tf_float32"] <= INT8_BAR:
             ship[f"{args.name}-int8"] = "int8"
         for name, variant in ship.items():
             replace_folder(folders[variant], args.out / name)

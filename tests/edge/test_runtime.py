@@ -8,6 +8,7 @@ import pytest
 from edge_runtime.evaluate import evaluate_folder, log_softmax
 from edge_runtime.manifest import load_manifest
 from edge_runtime.synth import Synthesizer
+from tests.helpers import assert_edge_tpu_graph
 
 RECEPTIVE_FIELD = 16  # tiny preset
 
@@ -123,17 +124,7 @@ def test_manifest_contents(built):
 
 
 def test_int8_step_graph_is_edge_tpu_compatible(built):
-    # Only ops on the Edge TPU compiler's list, integer tensors only, rank <= 3, static shapes.
-    from edge_runtime.interpreter import graph_details
-
-    ops, tensors = graph_details(built / "models/int8/step.tflite")
-    assert set(ops) <= {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MUL", "QUANTIZE", "SPLIT", "TANH"}, ops
-    assert ops["FULLY_CONNECTED"] == 4 + 3 + 1 + 2  # per layer, residuals (not the last), skip, head
-    assert {np.dtype(t["dtype"]).name for t in tensors} == {"int8", "int32"}  # no float tensor anywhere
-    # int32 only for FULLY_CONNECTED biases and shape/axis constants (rank <= 1); every activation is int8
-    assert all(len(t["shape"]) <= 1 for t in tensors if np.dtype(t["dtype"]) == np.int32)
-    assert max(len(t["shape"]) for t in tensors) <= 3
-    assert all(-1 not in list(t["shape_signature"]) for t in tensors)
+    assert_edge_tpu_graph(built / "models/int8/step.tflite", layers=4)
 
 
 def test_format_versions(built, tmp_path):

@@ -13,7 +13,7 @@ from edge_runtime.errors import ModelError
 from edge_runtime.evaluate import evaluate_folder
 from edge_runtime.synth import Synthesizer, default_model_dir, example_clips
 from edge_runtime.wavio import read_wav
-from tests.helpers import assert_clean_error, run_cli
+from tests.helpers import assert_clean_error, assert_edge_tpu_graph, run_cli
 
 MODELS = Path(default_model_dir()).parent
 FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -62,16 +62,8 @@ INT8_SHIPPED = sorted(p.parent.name for p in MODELS.glob("*-int8/manifest.json")
 @pytest.mark.parametrize("folder", INT8_SHIPPED)
 def test_shipped_int8_voices_are_edge_tpu_graphs(folder):
     """What an Edge TPU compiler maps: listed ops only, int8 activations (int32 only for biases and shapes)."""
-    from edge_runtime.interpreter import graph_details
-
-    ops, tensors = graph_details(MODELS / folder / "step.tflite")
     config = json.loads((MODELS / folder / "manifest.json").read_text())["config"]
-    layers = config["stacks"] * config["layers_per_stack"]
-    assert set(ops) <= {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MUL", "QUANTIZE", "SPLIT", "TANH"}, ops
-    assert ops["FULLY_CONNECTED"] == layers + (layers - 1) + 1 + 2  # dilated, residual (not the last), skip, head
-    assert {np.dtype(t["dtype"]).name for t in tensors} == {"int8", "int32"}
-    assert all(len(t["shape"]) <= 1 for t in tensors if np.dtype(t["dtype"]) == np.int32)
-    assert max(len(t["shape"]) for t in tensors) <= 3
+    assert_edge_tpu_graph(MODELS / folder / "step.tflite", layers=config["stacks"] * config["layers_per_stack"])
 
 
 def test_shipped_model_checksums_are_enforced(tmp_path):

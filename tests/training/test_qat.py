@@ -7,12 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import assert_clean_error, run_cli
+from tests.helpers import EDGE_TPU_OPS, assert_clean_error, run_cli
 from training import checkpoint as ckpt_io
 from training.config import Config
 
-# The Edge TPU compiler's list, as in tests/edge/test_runtime.py::test_int8_step_graph_is_edge_tpu_compatible
-EDGE_TPU_OPS = {"ADD", "CONCATENATION", "FULLY_CONNECTED", "LOGISTIC", "MUL", "QUANTIZE", "SPLIT", "TANH"}
 
 
 def qat_train(source, out, steps, *overrides):
