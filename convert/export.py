@@ -133,6 +133,15 @@ def conditioner_graph(model, weights: dict, batch: int, chunk_frames: int) -> by
     return convert(make_conditioner_function(model, weights, batch, chunk_frames), "float32")
 
 
+def postfilters(cfg: Config) -> dict | list | None:
+    """The manifest's ``postfilter``: what the runtime does to the model's samples, in order. An excitation
+    model's samples go through the LPC synthesis filter; a pre-emphasised model's are de-emphasised. One filter
+    is written as an object (the form older runtimes read), two as a list."""
+    filters = ([{"type": "lpc", "order": cfg.lpc_order, "gamma": cfg.lpc_gamma}] if cfg.lpc_order else []) + (
+        [{"type": "deemphasis", "coefficient": cfg.preemphasis}] if cfg.preemphasis else [])
+    return filters[0] if len(filters) == 1 else filters or None
+
+
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
                        cond_bytes: bytes | None, calibration, source: dict, sampling: dict | None = None) -> None:
     """Converts the step graph for one variant and writes it, the conditioner and the manifest into ``folder``."""
@@ -170,8 +179,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                             "l * G + g (of the sample being predicted) + tables.speaker_bias[speaker, l, g]"},
         "step": {"file": "step.tflite", "ops": graph_details(step_bytes)[0], **port_info(step_bytes)},
         "conditioner": conditioner,
-        # the runtime de-emphasises the model's samples when it was trained on pre-emphasised audio
-        "postfilter": {"type": "deemphasis", "coefficient": cfg.preemphasis} if cfg.preemphasis else None,
+        "postfilter": postfilters(cfg),
         "sampling": sampling or {},
         "tables": {"embedding": encode_array(weights["embedding"].astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None
@@ -384,3 +392,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     main()
+

@@ -37,13 +37,16 @@ class Conditioner:
         """The streams' speakers' gate biases [B, L * G] (format 2), added to every chunk's output."""
         self._views["speaker_bias"][...] = self.graph.inputs["speaker_bias"].quantize(bias)
 
-    def _frames(self, mel) -> Iterator[np.ndarray]:
-        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks.
+    def _frames(self, mel, on_frames) -> Iterator[np.ndarray]:
+        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks, each also handed to
+        ``on_frames`` (if given) as it arrives.
 
         Long blocks come out in chunk-sized pieces, so the window buffer never holds more than about a chunk.
         """
         for big in [mel] if isinstance(mel, np.ndarray) else mel:
             block = self._check(big)
+            if on_frames is not None:
+                on_frames(block)
             for start in range(0, block.shape[0], self.chunk):
                 yield block[start:start + self.chunk]
 
@@ -61,16 +64,18 @@ class Conditioner:
             raise InputError("mel frames contain NaN or infinite values")
         return block
 
-    def stream(self, mel, copy: bool = True) -> Iterator[np.ndarray]:
+    def stream(self, mel, copy: bool = True, on_frames=None) -> Iterator[np.ndarray]:
         """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32).
 
         With ``copy=False`` each chunk is a view of the graph's output, valid until the next one is asked for.
+        ``on_frames(block)`` sees every validated mel block [k, B, n_mels] before the conditioning it leads to
+        (the LPC postfilter's coefficients come from the same frames).
         """
         width = self.chunk + 2 * self.context
         pad = np.full((self.context, self.batch, self.n_mels), self.pad, np.float32)
         buffer = [pad]
         buffered = self.context  # frames in the buffer; the first `context` are left context
-        for block in self._frames(mel):
+        for block in self._frames(mel, on_frames):
             buffer.append(block)
             buffered += block.shape[0]
             while buffered >= width:

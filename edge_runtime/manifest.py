@@ -85,6 +85,7 @@ class Manifest:
     speaker_bias: np.ndarray | None  # float32 [speakers, L, G]
     deemphasis: float = 0.0  # the postfilter's coefficient (0: the model's samples are the audio)
     temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
+    lpc_order: int = 0  # the LPC synthesis postfilter's order (0: the model's samples are not an excitation)
 
     @property
     def config(self) -> dict:
@@ -150,8 +151,11 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
         cond = data.get("conditioner")
         config = data["config"]
         tables = data["tables"]
+        batch = data["batch"]
         if not isinstance(files, dict) or not isinstance(config, dict):
             raise TypeError("files and config must be objects")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise TypeError(f"batch {batch!r}: must be a positive integer")
     except (KeyError, TypeError) as e:
         raise ModelError(f"{path} is incomplete: missing or bad {e}") from None
     for name, digest in files.items():
@@ -166,28 +170,41 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
         raise ModelError(f"{path}: embedding table missing or not 2-D")
     bias = tables.get("speaker_bias")
     speaker_bias = decode_array(bias, "speaker_bias") if bias else None
-    deemphasis, temperature = _output_settings(data, path)
+    deemphasis, lpc_order, temperature = _output_settings(data, path)
     return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
-                    embedding, speaker_bias, deemphasis, temperature)
+                    embedding, speaker_bias, deemphasis, temperature, lpc_order)
 
 
-POSTFILTERS = ("deemphasis",)
+POSTFILTERS = ("lpc", "deemphasis")  # in the order the runtime applies them to the model's samples
 
 
-def _output_settings(data: dict, path: Path) -> tuple[float, float | None]:
-    """(de-emphasis coefficient, recommended temperature) from the optional ``postfilter`` and ``sampling``."""
+def _output_settings(data: dict, path: Path) -> tuple[float, int, float | None]:
+    """(de-emphasis coefficient, LPC order, recommended temperature) from the optional ``postfilter`` (one filter
+    or a list, checked against the model's config) and ``sampling``."""
     post = data.get("postfilter")
-    alpha = 0.0
-    if post is not None:
-        kind = post.get("type") if isinstance(post, dict) else None
+    filters = post if isinstance(post, list) else [] if post is None else [post]
+    kinds = [f.get("type") if isinstance(f, dict) else None for f in filters]
+    for kind in kinds:
         if kind not in POSTFILTERS:
             raise ModelError(f"{path} names an unknown postfilter {kind!r}; this runtime knows {', '.join(POSTFILTERS)}")
-        alpha = post.get("coefficient")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
-            raise ModelError(f"{path}: de-emphasis coefficient must be a number in [0, 1), got {alpha!r}")
-    if float(alpha) != float(data["config"].get("preemphasis", 0.0)):
+    if kinds != sorted(set(kinds), key=POSTFILTERS.index):
+        raise ModelError(f"{path}: postfilters {kinds} must be distinct, in the order {', '.join(POSTFILTERS)}")
+    given = dict(zip(kinds, filters))
+    cfg = data["config"]
+    alpha = given.get("deemphasis", {}).get("coefficient", 0.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+        raise ModelError(f"{path}: de-emphasis coefficient must be a number in [0, 1), got {alpha!r}")
+    if float(alpha) != float(cfg.get("preemphasis", 0.0)):
         raise ModelError(f"{path}: postfilter coefficient {alpha} does not match the model's pre-emphasis "
-                         f"{data['config'].get('preemphasis')}")
+                         f"{cfg.get('preemphasis')}")
+    lpc = given.get("lpc", {"order": 0, "gamma": cfg.get("lpc_gamma")})
+    order = lpc.get("order")
+    if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= 32:
+        raise ModelError(f"{path}: LPC order must be an integer in [0, 32], got {order!r}")
+    if (order, lpc.get("gamma")) != (cfg.get("lpc_order", 0), cfg.get("lpc_gamma")) or (order and not (
+            cfg.get("n_mels", 0) > 0 and order < cfg.get("hop_length", 0))):
+        raise ModelError(f"{path}: LPC postfilter (order {order}, gamma {lpc.get('gamma')}) does not match the "
+                         f"model's lpc_order {cfg.get('lpc_order', 0)}, lpc_gamma {cfg.get('lpc_gamma')}")
     sampling = data.get("sampling") or {}
     if not isinstance(sampling, dict):
         raise ModelError(f"{path}: sampling must be an object, got {sampling!r}")
@@ -195,4 +212,4 @@ def _output_settings(data: dict, path: Path) -> tuple[float, float | None]:
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or not 0 <= temperature < 100):
         raise ModelError(f"{path}: sampling temperature must be a number in [0, 100), got {temperature!r}")
-    return float(alpha), None if temperature is None else float(temperature)
+    return float(alpha), order, None if temperature is None else float(temperature)

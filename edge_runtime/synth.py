@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from edge_runtime import native
+from edge_runtime import lpc, native
 from edge_runtime.audio import Deemphasis, mu_law_decode
 from edge_runtime.conditioner import Conditioner
 from edge_runtime.errors import InputError, ModelError
@@ -71,6 +71,9 @@ class Synthesizer:
         self._embedding = ins["state"].quantize(manifest.embedding)  # [classes, R] in the state's domain
         self._decode = mu_law_decode(np.arange(self.classes), self.classes)
         self._deemphasis = Deemphasis(manifest.deemphasis, self.batch)
+        # an excitation model: its samples go through the LPC synthesis filter of the mel's envelope first
+        self._lpc = None if not manifest.lpc_order else lpc.Synthesis(manifest.lpc_order, int(cfg["hop_length"]),
+                                                                      self.batch)
         # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
         self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
@@ -160,6 +163,8 @@ class Synthesizer:
         self._t = 0
         self._prev = np.full(self.batch, SILENCE, np.int64)
         self._deemphasis.reset()
+        if self._lpc is not None:
+            self._lpc.reset()
         if self.use_speaker:
             speakers = speaker if isinstance(speaker, list) else [speaker] * self.batch
             if len(speakers) != self.batch:
@@ -296,14 +301,15 @@ class Synthesizer:
             if mel is None:
                 raise InputError("this model is conditioned on mel frames: give mel frames")
             port = self.step.inputs["cond"]
-            for chunk in self.conditioner.stream(mel, copy=False):  # [n, B, C], used up before the next
+            on_frames = None if self._lpc is None else self._add_lpc_frames
+            # chunks [n, B, C], each used up before the next
+            for chunk in self.conditioner.stream(mel, copy=False, on_frames=on_frames):
                 # Yield at most `block` samples at a time: the first audio then does not wait for a whole
                 # conditioner chunk (which is large, so that its context frames cost little).
                 for start in range(0, chunk.shape[0], block):
                     cond = self._gates.per_sample(chunk[start:start + block], port)
                     n = cond.shape[0]
-                    yield self._deemphasis(squeeze(self._decode[self._run(n, cond, self._noise(rng, n, temperature),
-                                                                          None, None)]))
+                    yield self._output(self._run(n, cond, self._noise(rng, n, temperature), None, None), squeeze)
             return
         if mel is not None:
             raise InputError("this model has no local conditioning: give a number of seconds instead of mel frames")
@@ -312,9 +318,22 @@ class Synthesizer:
         remaining = int(round(seconds * self.sample_rate))
         while remaining > 0:
             n = min(block, remaining)
-            yield self._deemphasis(squeeze(self._decode[self._run(n, None, self._noise(rng, n, temperature), None,
-                                                                  None)]))
+            yield self._output(self._run(n, None, self._noise(rng, n, temperature), None, None), squeeze)
             remaining -= n
+
+    def _add_lpc_frames(self, block: np.ndarray) -> None:
+        """The LPC coefficients of mel frames [k, B, n_mels] as they arrive, for the postfilter."""
+        k = block.shape[0]
+        coefficients = lpc.coefficients_for(block.reshape(k * self.batch, -1), self.config)
+        self._lpc.add_frames(coefficients.reshape(k, self.batch, -1))
+
+    def _output(self, samples: np.ndarray, squeeze) -> np.ndarray:
+        """Generated classes [n, B] -> audio: µ-law decoded, LPC synthesis, de-emphasis (as the manifest says)."""
+        audio = self._decode[samples]
+        if self._lpc is not None:
+            audio = self._lpc(audio)
+        audio = self._deemphasis(squeeze(audio))
+        return audio if audio.dtype == np.float32 else np.clip(audio, -1.0, 1.0).astype(np.float32)
 
     def teacher_forced_logits(self, classes: np.ndarray, mel: np.ndarray | None = None,
                               speaker: int | str | None = None) -> np.ndarray:

@@ -4,8 +4,8 @@
 
 Reads each run's ``log.jsonl`` (``cpu_seconds`` is the CPU time of its training processes, summed over
 resumes) and prints, for each CPU budget, the last validation NLL each run had reached within it. NLLs are
-only comparable between runs that predict the same targets: a run with another ``preemphasis`` is listed, but
-needs an audio score (tools/quality_report.py) to be compared.
+only comparable between runs that predict the same targets: a run with another ``preemphasis`` or ``lpc_order``
+is listed, but needs an audio score (tools/quality_report.py) to be compared.
 """
 
 from __future__ import annotations

@@ -147,9 +147,12 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
                           for m in methods},
               "models": {model_label(s): {"folder": portable_path(s.manifest.folder, os.getcwd())} for s in synths},
               "per_speaker": per_speaker, "per_clip": per_clip}
-    for s in synths:
-        report["models"][model_label(s)]["vs_world"] = {
-            metric: paired(per_clip[model_label(s)], per_clip["WORLD"], metric) for metric in ("pesq", "stoi")}
+    first = model_label(synths[0])
+    for s in synths:  # each model paired with WORLD, and every later model with the first (an A/B)
+        entry, clips_of = report["models"][model_label(s)], per_clip[model_label(s)]
+        entry["vs_world"] = {metric: paired(clips_of, per_clip["WORLD"], metric) for metric in ("pesq", "stoi")}
+        if model_label(s) != first:
+            entry["vs_first"] = {metric: paired(clips_of, per_clip[first], metric) for metric in ("pesq", "stoi")}
     if nll:
         for s in synths:
             report["models"][model_label(s)].update(evaluate_folder(s, data, regex, files))
@@ -186,12 +189,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {_fmt(m['pesq'])} | {_fmt(m['stoi'], 3)} | {_fmt(m['lmd_db'], 2)} | "
                      f"{_fmt(m['pesq_speakers'])} / {_fmt(m['stoi_speakers'], 3)} | {_fmt(nll, 3) if nll else ''} |")
     lines.append("")
+    first_model = next(iter(report["models"]), None)
     for name, m in report["models"].items():
-        for metric, p in (m.get("vs_world") or {}).items():
-            if p:
-                lines.append(f"- Paired with WORLD, {name}, {metric.upper()}: wins {p['wins']} of {p['clips']} clips, "
-                             f"mean difference {p['mean_difference']:+.3f} (95 % interval {p['ci95'][0]:+.3f} to "
-                             f"{p['ci95'][1]:+.3f}).")
+        for key, other in (("vs_world", "WORLD"), ("vs_first", first_model)):
+            for metric, p in (m.get(key) or {}).items():
+                if p:
+                    lines.append(f"- Paired with {other}, {name}, {metric.upper()}: wins {p['wins']} of {p['clips']} "
+                                 f"clips, mean difference {p['mean_difference']:+.3f} (95 % interval "
+                                 f"{p['ci95'][0]:+.3f} to {p['ci95'][1]:+.3f}).")
     first = next(iter(report["methods"].values()))
     lines += ["", f"PESQ scored {first['pesq_scored']} of {first['clips']} clips and STOI {first['stoi_scored']} "
               "(the others are too short: under 0.25 s, or under 30 STOI frames of speech); the per-speaker "

@@ -83,6 +83,11 @@ class Config:
     # Pre-emphasis (LPCNet): the model learns the µ-law classes of x[t] - preemphasis * x[t-1] and the runtime
     # de-emphasises, which shapes the µ-law quantisation noise like the speech spectrum (0 = off).
     preemphasis: float = 0.0
+    # Excitation modelling (LPCNet, ExcitNet; edge_runtime/lpc.py): linear prediction of order `lpc_order` from
+    # each log-mel frame (bandwidth expansion `lpc_gamma`); the model learns the µ-law classes of the prediction
+    # residual and the runtime adds the prediction back (0 = off).
+    lpc_order: int = 0
+    lpc_gamma: float = 0.9
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999
     steps: int = 100000
@@ -210,6 +215,9 @@ class Config:
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(0 < self.adam_beta2 < 1, f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         need(0 <= self.preemphasis < 1, f"preemphasis must be in [0, 1), got {self.preemphasis}")
+        need(0 <= self.lpc_order <= MAX_LPC_ORDER, f"lpc_order must be in [0, {MAX_LPC_ORDER}], got {self.lpc_order}")
+        need(0 < self.lpc_gamma <= 1, f"lpc_gamma must be in (0, 1], got {self.lpc_gamma}")
+        need(not self.lpc_order or self.use_mel, "lpc_order needs local conditioning (the LPC comes from the mel)")
         need(0 <= self.lr_min <= self.learning_rate, f"need 0 <= lr_min <= learning_rate, got lr_min={self.lr_min}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(self.mixed_precision in ("none", "bfloat16"),
@@ -227,10 +235,13 @@ class Config:
             need(0 <= self.fmin < self.fmax <= self.sample_rate / 2,
                  f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} fmax={self.fmax}")
             need(self.log_floor > 0, "log_floor must be > 0")
+            need(self.lpc_order < self.hop_length,
+                 f"lpc_order ({self.lpc_order}) must be below the frame size (hop_length {self.hop_length})")
             need(self.cond_channels > 0 and self.cond_layers >= 0, "cond_channels > 0 and cond_layers >= 0")
 
 
 LR_SCHEDULES = ("exponential", "cosine", "inverse_time")
+MAX_LPC_ORDER = 32  # the runtime's compiled filter holds at most 64 past samples
 
 
 def receptive_field(config: Config) -> int:

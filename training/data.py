@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.audio import front_end_params, log_mel, mu_law_encode, preemphasize
+from edge_runtime.audio import front_end_params, log_mel, mu_law_encode
+from edge_runtime.lpc import model_signal
 from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
 
@@ -72,12 +73,12 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def prepare(audio: np.ndarray, config: Config, name: str, speaker: int, left_pad: int = 0) -> Utterance:
-    """µ-law classes (of the pre-emphasised signal) and log-mel (of the signal itself) of float audio, truncated
-    to whole frames, with optional leading silence."""
+    """µ-law classes (of the pre-emphasised signal or its LPC excitation: edge_runtime/lpc.py) and log-mel (of the
+    signal itself) of float audio, truncated to whole frames, with optional leading silence."""
     audio = np.concatenate([np.zeros(left_pad, np.float32), audio])
     audio = audio[: audio.shape[0] // config.frame_length * config.frame_length]
     mel = log_mel(audio, **front_end_params(config.to_dict())) if config.use_mel else None
-    return Utterance(name, speaker, mu_law_encode(preemphasize(audio, config.preemphasis), config.mu_classes), mel)
+    return Utterance(name, speaker, mu_law_encode(model_signal(audio, mel, config.to_dict()), config.mu_classes), mel)
 
 
 def load_recordings(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None,

@@ -4,7 +4,8 @@
 
 OUT_DIR/data (generated two-speaker audio), OUT_DIR/val (its validation files), OUT_DIR/run (a tiny model
 trained for a few seconds), OUT_DIR/models/{float32,float16,dynamic,int8} (exported), OUT_DIR/models_b2
-(dynamic, batch 2), OUT_DIR/uncond (a tiny model without conditioning, float32), OUT_DIR/emph (pre-emphasis, float32), OUT_DIR/reference.npz (the
+(dynamic, batch 2), OUT_DIR/uncond (a tiny model without conditioning, float32), OUT_DIR/emph (pre-emphasis,
+float32), OUT_DIR/lpc (LPC excitation + pre-emphasis, float32), OUT_DIR/reference.npz (the
 validation utterances and the float32 TF model's teacher-forced logits) and OUT_DIR/tf_eval.json.
 """
 
@@ -64,6 +65,14 @@ def main(out: Path) -> None:
     model, cfg, _ = load_model(out / "emph_run")
     nll, count = NLLScorer(model, cfg)(load_utterances(out / "val", cfg))
     (out / "emph_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
+
+    # Excitation modelling on top of pre-emphasis: the LPC and de-emphasis postfilters in a chain.
+    excit = Config.preset("tiny", seed=4, steps=60, preemphasis=0.85, lpc_order=8, val_every=60, checkpoint_every=60)
+    train(excit, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "lpc_run", **quiet)
+    export(out / "lpc_run", out / "lpc", "float32", log=lambda m: None)
+    model, cfg, _ = load_model(out / "lpc_run")
+    nll, count = NLLScorer(model, cfg)(load_utterances(out / "val", cfg))
+    (out / "lpc_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
 
     plain = Config.preset("tiny", seed=3, steps=60, n_mels=0, speaker_dim=0, val_every=60, checkpoint_every=60)
     train(plain, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "uncond_run", **quiet)

@@ -75,7 +75,7 @@ def _edited(built, tmp_path, change):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(postfilter={"type": "lpc", "coefficient": 0.85}), "unknown postfilter 'lpc'"),
+    (lambda d: d.update(postfilter={"type": "comb", "coefficient": 0.85}), "unknown postfilter 'comb'"),
     (lambda d: d.update(postfilter={"type": "deemphasis", "coefficient": 1.5}), r"must be a number in \[0, 1\)"),
     (lambda d: d.update(postfilter=None), "does not match the model's pre-emphasis"),
     (lambda d: d.update(sampling={"temperature": "hot"}), "sampling temperature"),

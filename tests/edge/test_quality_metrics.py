@@ -102,5 +102,13 @@ def test_quality_report_end_to_end(built, tmp_path):
                  if a["pesq"] is not None and b["pesq"] is not None)
     assert paired["clips"] == scored and 0 <= paired["wins"] <= scored
     assert paired["ci95"][0] <= paired["mean_difference"] <= paired["ci95"][1]
+    # every later model is also paired with the first (an A/B): the per-clip differences, recomputed
+    ab = float32["vs_first"]["pesq"]
+    diffs = [b["pesq"] - a["pesq"] for a, b in zip(report["per_clip"]["WaveNet tiny dynamic (dynamic)"],
+                                                   report["per_clip"]["WaveNet tiny float32 (float32)"])
+             if a["pesq"] is not None and b["pesq"] is not None]
+    assert ab["clips"] == len(diffs) and abs(ab["mean_difference"] - sum(diffs) / len(diffs)) < 1e-9
+    assert "vs_first" not in dynamic
     text = (tmp_path / "q.md").read_text()
     assert "| WaveNet tiny float32 (float32) |" in text and "Paired with WORLD" in text
+    assert "Paired with WaveNet tiny dynamic (dynamic), WaveNet tiny float32 (float32), PESQ" in text

@@ -72,10 +72,20 @@ def test_config_is_frozen():
     ("lr_min=0.1", "lr_min <= learning_rate"),
     ("qat_range_decay=1", r"qat_range_decay must be in \(0, 1\)"),
     ("qat_calibration_batches=-1", "qat_calibration_batches must be >= 0"),
+    ("lpc_order=33", r"lpc_order must be in \[0, 32\]"),
+    ("lpc_order=-1", r"lpc_order must be in \[0, 32\]"),
+    ("lpc_gamma=0", r"lpc_gamma must be in \(0, 1\]"),
 ])
 def test_recipe_options_are_checked(setting, message):
     with pytest.raises(ConfigError, match=message):
         Config.preset("s").with_overrides([setting])
+
+
+def test_lpc_needs_the_mel_and_fits_in_a_frame():
+    with pytest.raises(ConfigError, match="lpc_order needs local conditioning"):
+        Config.preset("tiny", n_mels=0, lpc_order=8)
+    with pytest.raises(ConfigError, match=r"lpc_order \(32\) must be below the frame size \(hop_length 32\)"):
+        Config.preset("tiny", lpc_order=32)  # tiny's frames are 32 samples
 
 
 def test_qat_needs_float32_compute():
@@ -90,15 +100,20 @@ def test_bad_recipe_option_on_the_command_line_is_a_clean_error(tmp_path):
                      "--set", "preemphasis=2")
     assert_clean_error(result, "preemphasis must be in [0, 1)")
     assert not (tmp_path / "run").exists()  # nothing written
+    result = run_cli("train", "--preset", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                     "--set", "lpc_order=32")
+    assert_clean_error(result, "lpc_order (32) must be below the frame size (hop_length 32)")
+    assert not (tmp_path / "run").exists()
 
 
 def test_old_configs_keep_their_recipe():
     """A config saved before the recipe options existed loads with the recipe it was trained with."""
     values = Config.preset("s").to_dict()
     for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis", "qat",
-                "qat_range_decay", "qat_calibration_batches"):
+                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma"):
         values.pop(key)
     old = Config.from_dict(values)
     assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (
         "exponential", 0, 0.999, False, 0.0)
     assert not old.qat  # a float model
+    assert old.lpc_order == 0  # its samples are the (pre-emphasised) audio, not an excitation

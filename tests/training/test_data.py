@@ -155,3 +155,24 @@ def test_preemphasis_shapes_the_targets_not_the_mel(tiny_data, tiny_config):
     n = plain.num_samples
     np.testing.assert_array_equal(emph.classes, mu_law_encode(preemphasize(audio[:n], 0.85)))
     assert not np.array_equal(emph.classes, plain.classes)
+
+
+def test_lpc_targets_are_the_excitation_of_the_emphasised_audio(tiny_config):
+    from edge_runtime.audio import preemphasize
+    from edge_runtime.lpc import Synthesis, coefficients_for, excitation
+    from training.data import prepare
+
+    audio = voice(np.random.default_rng(1), 120.0, 0.5, 8000)
+    config = tiny_config.replace(preemphasis=0.85, lpc_order=8)
+    emph = prepare(audio, tiny_config.replace(preemphasis=0.85), "a", 0)
+    excit = prepare(audio, config, "a", 0)
+    np.testing.assert_array_equal(excit.mel, emph.mel)
+    n = emph.num_samples
+    a = coefficients_for(excit.mel, config.to_dict())
+    assert a.shape == (excit.mel.shape[0], 8)
+    e = excitation(preemphasize(audio[:n], 0.85), a, config.hop_length)
+    np.testing.assert_array_equal(excit.classes, mu_law_encode(e))
+    assert e.std() < 0.7 * preemphasize(audio[:n], 0.85).std()  # the prediction takes out part of the signal
+    synthesis = Synthesis(8, config.hop_length)  # and the runtime's filter puts it back
+    synthesis.add_frames(a)
+    np.testing.assert_allclose(synthesis(e)[:, 0], preemphasize(audio[:n], 0.85), atol=1e-5)

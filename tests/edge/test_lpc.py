@@ -1,0 +1,141 @@
+"""Excitation modelling (edge_runtime/lpc.py): LPC from the log-mel, the excitation the model learns, the
+runtime's synthesis filter (compiled and fallback), and a trained excitation model end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge_runtime import lpc
+from edge_runtime.audio import log_mel, mu_law_decode, mu_law_encode, preemphasize
+from edge_runtime.errors import ModelError
+from edge_runtime.evaluate import evaluate_folder
+from edge_runtime.manifest import load_manifest
+from edge_runtime.native import kernel_module
+from edge_runtime.synth import Synthesizer
+
+FRONT = dict(sample_rate=8000, n_fft=512, win_length=320, hop_length=80, n_mels=80, fmin=0.0, fmax=4000.0,
+             log_floor=1e-5)
+HOP = FRONT["hop_length"]
+
+
+def resonance(freq: float, radius: float, n: int = 8000, seed: int = 0) -> np.ndarray:
+    """White noise through a two-pole resonator: a signal whose true envelope is known."""
+    rng = np.random.default_rng(seed)
+    e = 0.02 * rng.standard_normal(n)
+    a1, a2 = -2 * radius * np.cos(2 * np.pi * freq / 8000), radius * radius
+    y = np.zeros(n)
+    for t in range(n):
+        y[t] = e[t] - a1 * (y[t - 1] if t else 0.0) - a2 * (y[t - 2] if t > 1 else 0.0)
+    return y.astype(np.float32)
+
+
+def coefficients(audio, order=8, gamma=1.0, preemphasis=0.0):
+    mel = log_mel(audio, **FRONT)
+    return lpc.lpc_from_mel(mel, sample_rate=8000, n_fft=512, n_mels=80, fmin=0.0, fmax=4000.0, order=order,
+                            gamma=gamma, preemphasis=preemphasis)
+
+
+def test_levinson_solves_the_normal_equations():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 400))
+    r = np.stack([[np.dot(row[:400 - k], row[k:]) for k in range(11)] for row in x])
+    a = lpc.levinson(r, 10)
+    for frame in range(3):
+        toeplitz = r[frame, np.abs(np.arange(10)[:, None] - np.arange(10)[None, :])]
+        np.testing.assert_allclose(a[frame], np.linalg.solve(toeplitz, -r[frame, 1:11]), rtol=1e-9, atol=1e-12)
+
+
+def test_lpc_from_the_mel_finds_the_resonance_and_whitens():
+    audio = resonance(1000.0, 0.97)
+    a = coefficients(audio)
+    middle = a[a.shape[0] // 2]
+    freqs = np.arange(257) * 8000 / 512
+    response = 1 / np.abs(np.fft.rfft(np.concatenate([[1.0], middle]), 512))
+    assert abs(freqs[response.argmax()] - 1000.0) < 60  # the envelope's peak where the resonator is
+    assert np.all(np.abs(np.roots(np.concatenate([[1.0], middle]))) < 1)  # minimum phase: a stable synthesis
+    e = lpc.excitation(audio, a, HOP)
+    gain_db = 20 * np.log10(audio[800:].std() / e[800:].std())
+    assert gain_db > 10, gain_db  # the prediction removes most of the resonance
+    # bandwidth expansion pulls every pole inward by gamma
+    expanded = coefficients(audio, gamma=0.9)[a.shape[0] // 2]
+    np.testing.assert_allclose(expanded, middle * 0.9 ** np.arange(1, 9), rtol=1e-12)
+    silent = coefficients(np.zeros(1600, np.float32))
+    np.testing.assert_allclose(silent, 0, atol=1e-3)  # a flat (floor) spectrum predicts nothing
+
+
+def test_synthesis_inverts_the_excitation_streaming_bit_for_bit():
+    audio = preemphasize(resonance(700.0, 0.95, seed=2), 0.85)
+    a = coefficients(audio, order=16, gamma=0.9, preemphasis=0.85)
+    e = mu_law_decode(mu_law_encode(lpc.excitation(audio, a, HOP)))
+    exact = lpc.Synthesis(16, HOP)
+    exact.add_frames(a)
+    np.testing.assert_allclose(exact(lpc.excitation(audio, a, HOP))[:, 0], audio, atol=1e-5)
+    whole = lpc.Synthesis(16, HOP)
+    whole.add_frames(a)
+    offline = whole(e)
+    stream, cuts, fed = lpc.Synthesis(16, HOP), [0, 1, 2, 79, 80, 81, 513, 4000, 7999, 8000], 0
+    pieces = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        need = -(-hi // HOP)  # frames arrive only as far as the samples need them
+        stream.add_frames(a[fed:need])
+        fed = need
+        pieces.append(stream(e[lo:hi]))
+    np.testing.assert_array_equal(np.concatenate(pieces), offline)
+    stream.reset()
+    with pytest.raises(IndexError, match="has not arrived"):
+        stream(e[:10])
+
+
+def test_compiled_and_python_loops_agree_and_keep_streams_apart():
+    assert kernel_module() is not None and hasattr(kernel_module(), "lpc_synthesis"), "the compiled filter is not built"
+    audio = resonance(1200.0, 0.9, n=4000, seed=3)
+    a = coefficients(audio, order=12, gamma=0.9)
+    pair = np.stack([lpc.excitation(audio, a, HOP), -0.5 * lpc.excitation(audio, a, HOP)], axis=1)
+    both = lpc.Synthesis(12, HOP, streams=2)
+    both.add_frames(np.stack([a, a], axis=1))
+    compiled = both(pair)
+    fallback = lpc.Synthesis(12, HOP, streams=2)
+    fallback._kernel = None  # the loop used where the extension is not built
+    fallback.add_frames(np.stack([a, a], axis=1))
+    np.testing.assert_array_equal(fallback(pair), compiled)
+    np.testing.assert_allclose(compiled[:, 1], -0.5 * compiled[:, 0], rtol=1e-12, atol=1e-15)
+
+
+def test_excitation_model_streams_and_scores_like_training(built, reference):
+    synth = Synthesizer.load(built / "lpc")
+    assert synth.manifest.lpc_order == 8 and synth.manifest.deemphasis == 0.85
+    mel = reference[0]["mel"]
+    offline = np.concatenate(list(synth.stream(mel, speaker="bob", seed=3)))
+    blocks = (mel[i:i + 3] for i in range(0, mel.shape[0], 3))
+    np.testing.assert_array_equal(np.concatenate(list(synth.stream(blocks, speaker="bob", seed=3, block=41))),
+                                  offline)
+    litert = Synthesizer.load(built / "lpc", engine="litert")
+    np.testing.assert_allclose(np.concatenate(list(litert.stream(mel, speaker="bob", seed=3))), offline, atol=1e-6)
+    # the evaluation computes the excitation targets exactly as training did
+    tf_nll = json.loads((built / "lpc_tf_eval.json").read_text())
+    result = evaluate_folder(synth, built / "val")
+    assert result["samples"] == tf_nll["samples"]
+    assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < 1e-3
+
+
+def _edited(built, tmp_path, change):
+    folder = tmp_path / "m"
+    shutil.copytree(built / "lpc", folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    change(data)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    return folder
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(postfilter=[{"type": "deemphasis", "coefficient": 0.85}]), "does not match the model's lpc"),
+    (lambda d: d["postfilter"][0].update(order=12), "does not match the model's lpc"),
+    (lambda d: d["postfilter"][0].update(order=True), r"LPC order must be an integer in \[0, 32\]"),
+    (lambda d: d.update(postfilter=d["postfilter"][::-1]), "must be distinct, in the order lpc, deemphasis"),
+    (lambda d: d["postfilter"].append({"type": "comb"}), "unknown postfilter 'comb'"),
+])
+def test_bad_lpc_postfilters_are_model_errors(built, tmp_path, change, message):
+    with pytest.raises(ModelError, match=message):
+        load_manifest(_edited(built, tmp_path, change))
