@@ -48,3 +48,16 @@ def assert_edge_tpu_graph(step_tflite, layers: int) -> None:
     assert all(len(t["shape"]) <= 1 for t in tensors if np.dtype(t["dtype"]) == np.int32)
     assert max(len(t["shape"]) for t in tensors) <= 3
     assert all(-1 not in list(t["shape_signature"]) for t in tensors)
+
+
+def edited_model(source: Path, tmp_path: Path, change) -> Path:
+    """A copy of the model folder ``source`` whose manifest ``change(data)`` edited in place."""
+    import json
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(source, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    change(data)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    return folder

@@ -1,7 +1,6 @@
 """Pre-emphasis (the model learns x[t] - a x[t-1]) and the runtime's de-emphasis; the manifest's output settings."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from edge_runtime.errors import ModelError
 from edge_runtime.evaluate import evaluate_folder
 from edge_runtime.manifest import load_manifest
 from edge_runtime.synth import Synthesizer
+from tests.helpers import edited_model
 
 
 @pytest.fixture()
@@ -65,15 +65,6 @@ def test_emphasised_model_streams_and_scores_like_training(built, reference):
     assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < 1e-3
 
 
-def _edited(built, tmp_path, change):
-    folder = tmp_path / "m"
-    shutil.copytree(built / "emph", folder)
-    data = json.loads((folder / "manifest.json").read_text())
-    change(data)
-    (folder / "manifest.json").write_text(json.dumps(data))
-    return folder
-
-
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(postfilter={"type": "comb", "coefficient": 0.85}), "unknown postfilter 'comb'"),
     (lambda d: d.update(postfilter={"type": "deemphasis", "coefficient": 1.5}), r"must be a number in \[0, 1\)"),
@@ -83,7 +74,7 @@ def _edited(built, tmp_path, change):
 ])
 def test_bad_output_settings_are_model_errors(built, tmp_path, change, message):
     with pytest.raises(ModelError, match=message):
-        load_manifest(_edited(built, tmp_path, change))
+        load_manifest(edited_model(built / "emph", tmp_path, change))
 
 
 def test_models_without_output_settings_keep_loading(built):

@@ -2,7 +2,6 @@
 runtime's synthesis filter (compiled and fallback), and a trained excitation model end to end."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from edge_runtime.evaluate import evaluate_folder
 from edge_runtime.manifest import load_manifest
 from edge_runtime.native import kernel_module
 from edge_runtime.synth import Synthesizer
+from tests.helpers import edited_model
 
 FRONT = dict(sample_rate=8000, n_fft=512, win_length=320, hop_length=80, n_mels=80, fmin=0.0, fmax=4000.0,
              log_floor=1e-5)
@@ -120,15 +120,6 @@ def test_excitation_model_streams_and_scores_like_training(built, reference):
     assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < 1e-3
 
 
-def _edited(built, tmp_path, change):
-    folder = tmp_path / "m"
-    shutil.copytree(built / "lpc", folder)
-    data = json.loads((folder / "manifest.json").read_text())
-    change(data)
-    (folder / "manifest.json").write_text(json.dumps(data))
-    return folder
-
-
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(postfilter=[{"type": "deemphasis", "coefficient": 0.85}]), "does not match the model's lpc"),
     (lambda d: d["postfilter"][0].update(order=12), "does not match the model's lpc"),
@@ -138,4 +129,4 @@ def _edited(built, tmp_path, change):
 ])
 def test_bad_lpc_postfilters_are_model_errors(built, tmp_path, change, message):
     with pytest.raises(ModelError, match=message):
-        load_manifest(_edited(built, tmp_path, change))
+        load_manifest(edited_model(built / "lpc", tmp_path, change))
