@@ -15,11 +15,14 @@ and its inputs do not change.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from edge_runtime.audio import mel_filterbank, preemphasize
 from edge_runtime.native import kernel_module
 
+MAX_ORDER = 32  # the compiled synthesis filter holds at most 64 past samples; the manifest and Config check it
 NOISE_FLOOR = 1e-4  # added to r[0] relative: -40 dB of white noise keeps the normal equations well conditioned
 LAG_WINDOW_HZ = 60.0  # Gaussian lag window's bandwidth: smooths the envelope's sharpest peaks
 
@@ -27,22 +30,32 @@ LAG_WINDOW_HZ = 60.0  # Gaussian lag window's bandwidth: smooths the envelope's 
 def lpc_from_mel(log_mel: np.ndarray, *, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
                  order: int, gamma: float, preemphasis: float = 0.0) -> np.ndarray:
     """Prediction coefficients ``a_1..a_p`` per frame: float64 [F, order] of log-mel frames [F, n_mels]."""
+    spread, response = _envelope_basis(sample_rate, n_fft, n_mels, fmin, fmax, preemphasis)
+    magnitude = np.exp(np.asarray(log_mel, np.float64)) @ spread  # [F, bins]
+    power = magnitude * magnitude * response
+    r = np.fft.irfft(power, n=n_fft, axis=-1)[:, :order + 1]
+    lag = np.arange(order + 1)
+    r *= np.exp(-0.5 * (2.0 * np.pi * LAG_WINDOW_HZ * lag / sample_rate) ** 2)
+    r[:, 0] *= 1.0 + NOISE_FLOOR
+    return levinson(r, order) * gamma ** np.arange(1, order + 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _envelope_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
+                    preemphasis: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mel → bins matrix [n_mels, bins], power response [bins] of the pre-emphasis filter): the same for every
+    frame of a model, so computed once (a live stream asks for one frame at a time)."""
     bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)  # [bins, n_mels]
     weight = bank.sum(axis=1)
     # Bins no band covers take the nearest covered bin's value.
     covered = np.flatnonzero(weight > 0)
     nearest = covered[np.abs(np.arange(bank.shape[0])[:, None] - covered[None, :]).argmin(axis=1)]
     spread = bank[nearest] / weight[nearest, None]  # [bins, n_mels], rows sum to 1
-    magnitude = np.exp(np.asarray(log_mel, np.float64)) @ spread.T  # [F, bins]
-    power = magnitude * magnitude
-    if preemphasis:
-        omega = np.pi * np.arange(bank.shape[0]) / (bank.shape[0] - 1)
-        power *= 1.0 + preemphasis * preemphasis - 2.0 * preemphasis * np.cos(omega)
-    r = np.fft.irfft(power, n=n_fft, axis=-1)[:, :order + 1]
-    lag = np.arange(order + 1)
-    r *= np.exp(-0.5 * (2.0 * np.pi * LAG_WINDOW_HZ * lag / sample_rate) ** 2)
-    r[:, 0] *= 1.0 + NOISE_FLOOR
-    return levinson(r, order) * gamma ** np.arange(1, order + 1)
+    omega = np.pi * np.arange(bank.shape[0]) / (bank.shape[0] - 1)
+    response = 1.0 + preemphasis * preemphasis - 2.0 * preemphasis * np.cos(omega)
+    basis = spread.T
+    basis.flags.writeable = response.flags.writeable = False  # shared by every caller: read-only
+    return basis, response
 
 
 def levinson(r: np.ndarray, order: int) -> np.ndarray:

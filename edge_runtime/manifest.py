@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import lpc
 from edge_runtime.errors import EdgeError, ModelError
 
 FORMAT = "wavenet-edge"
@@ -197,13 +198,13 @@ def _output_settings(data: dict, path: Path) -> tuple[float, int, float | None]:
     if float(alpha) != float(cfg.get("preemphasis", 0.0)):
         raise ModelError(f"{path}: postfilter coefficient {alpha} does not match the model's pre-emphasis "
                          f"{cfg.get('preemphasis')}")
-    lpc = given.get("lpc", {"order": 0, "gamma": cfg.get("lpc_gamma")})
-    order = lpc.get("order")
-    if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= 32:
-        raise ModelError(f"{path}: LPC order must be an integer in [0, 32], got {order!r}")
-    if (order, lpc.get("gamma")) != (cfg.get("lpc_order", 0), cfg.get("lpc_gamma")) or (order and not (
+    lpc_filter = given.get("lpc", {"order": 0, "gamma": cfg.get("lpc_gamma")})
+    order = lpc_filter.get("order")
+    if isinstance(order, bool) or not isinstance(order, int) or not 0 <= order <= lpc.MAX_ORDER:
+        raise ModelError(f"{path}: LPC order must be an integer in [0, {lpc.MAX_ORDER}], got {order!r}")
+    if (order, lpc_filter.get("gamma")) != (cfg.get("lpc_order", 0), cfg.get("lpc_gamma")) or (order and not (
             cfg.get("n_mels", 0) > 0 and order < cfg.get("hop_length", 0))):
-        raise ModelError(f"{path}: LPC postfilter (order {order}, gamma {lpc.get('gamma')}) does not match the "
+        raise ModelError(f"{path}: LPC postfilter (order {order}, gamma {lpc_filter.get('gamma')}) does not match the "
                          f"model's lpc_order {cfg.get('lpc_order', 0)}, lpc_gamma {cfg.get('lpc_gamma')}")
     sampling = data.get("sampling") or {}
     if not isinstance(sampling, dict):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import WavenetEdgeError
+from edge_runtime.lpc import MAX_ORDER as MAX_LPC_ORDER
 
 
 class ConfigError(WavenetEdgeError):
@@ -241,7 +242,6 @@ class Config:
 
 
 LR_SCHEDULES = ("exponential", "cosine", "inverse_time")
-MAX_LPC_ORDER = 32  # the runtime's compiled filter holds at most 64 past samples
 
 
 def receptive_field(config: Config) -> int:
