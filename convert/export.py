@@ -31,6 +31,7 @@ from edge_runtime.errors import WavenetEdgeError
 from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.files import portable_path, remove_stale_temporaries
 from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array, sha256_file
+from convert.calibration import calibration_samples
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
 
@@ -62,45 +63,6 @@ def validation_utterances(run_dir: Path, config: Config, data_dir: str | None):
     if not corpus.val:
         raise ExportError("the run has no validation files: name a folder of calibration recordings")
     return corpus.val
-
-
-def calibration_samples(model, utterances, weights: dict, batch: int, count: int = 1500, seed: int = 0):
-    """Step inputs taken from real teacher-forced runs: the ring-buffer states the runtime will hold.
-
-    Each layer's input history comes from the full model's trunk, so these are exactly the states that stepping
-    through validation audio produces, at random time steps.
-    """
-    from training.evaluate import utterance_inputs
-    from training.step import gate_inputs, state_layout
-
-    cfg = model.config
-    rng = np.random.default_rng(seed)
-    layout = state_layout(cfg)
-    per_utt = max(1, count // max(1, len(utterances)))
-    rows = []
-    for u in utterances:
-        inputs = utterance_inputs(u, cfg)
-        _, xs, c = model.trunk(inputs)
-        xs = np.stack([x.numpy()[0] for x in xs], axis=1)  # [T, L, R]
-        gates = gate_inputs(cfg, weights, None if c is None else c.numpy()[0], u.speaker)  # [T, L, G] or [L, G]
-        for t in rng.integers(0, u.num_samples - 1, size=per_utt):
-            # row (l, d): layer l's input d steps ago (row (0, 0) is the current sample's embedding)
-            state = np.stack([xs[t - d, l] if t >= d else np.zeros(cfg.residual_channels, np.float32)
-                              for l, d in layout])  # [rows, R]
-            sample = {"state": state}
-            if gates is not None:
-                sample["cond"] = gates[t] if cfg.use_mel else gates  # [L, G]
-            rows.append(sample)
-    rng.shuffle(rows)
-
-    def batched():
-        # streams side by side within each row: [rows, B, R] -> [rows * B, R]; cond [L, B, G] -> [L * B, G]
-        for i in range(0, len(rows) - batch + 1, batch):
-            group = rows[i:i + batch]
-            out = {k: np.stack([g[k] for g in group], axis=1) for k in group[0]}
-            yield {k: v.reshape(-1, v.shape[-1]).astype(np.float32) for k, v in out.items()}
-
-    return batched
 
 
 def port_info(model_bytes: bytes) -> dict:
@@ -142,13 +104,22 @@ def postfilters(cfg: Config) -> dict | list | None:
     return filters[0] if len(filters) == 1 else filters or None
 
 
+def state_scaling(weights: dict, fake_quant: bool) -> dict:
+    """The manifest's note of per-layer state gains (the int8 graph of a per-layer QAT run), else nothing."""
+    gains = weights.get("state_gains") if fake_quant else None
+    return {} if gains is None else {
+        "gains": [float(g) for g in gains],
+        "gains_note": "layer l's rows (and new_state rows) hold gains[l] x its input; tables.embedding is scaled "
+                      "by gains[0] already: the runtime moves rows as they are"}
+
+
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
                        cond_bytes: bytes | None, calibration, source: dict, sampling: dict | None = None) -> None:
     """Converts the step graph for one variant and writes it, the conditioner and the manifest into ``folder``."""
     from convert.tflite import convert
     from edge_runtime.interpreter import graph_details
     from training.model import conditioning_context
-    from training.step import make_step_function, state_layout
+    from training.step import make_step_function, state_embedding, state_layout
 
     import tensorflow as tf
 
@@ -156,7 +127,8 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
     folder.mkdir(parents=True)
     # A QAT model's int8 graph carries its fake quantization: the converter takes the learned ranges as the scales
     # (the calibration data then only fills what the ranges do not cover: nothing, in this graph).
-    step_fn = make_step_function(cfg, weights, batch, fake_quant=cfg.qat and variant == "int8")
+    step_fake_quant = cfg.qat and variant == "int8"
+    step_fn = make_step_function(cfg, weights, batch, fake_quant=step_fake_quant)
     step_bytes = convert(step_fn, variant, calibration if variant == "int8" else None)
     (folder / "step.tflite").write_bytes(step_bytes)
     files = {"step.tflite": sha256_file(folder / "step.tflite")}
@@ -176,12 +148,13 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                             "rows[row][1] steps ago (row 0: the current sample's embedding); "
                             "new_state[(l - 1) * B + b, c] = layer l's current input, l = 1..L-1; "
                             "cond[l * B + b, g] = layer l's gate input for stream b: the conditioner's channel "
-                            "l * G + g (of the sample being predicted) + tables.speaker_bias[speaker, l, g]"},
+                            "l * G + g (of the sample being predicted) + tables.speaker_bias[speaker, l, g]",
+                  **state_scaling(weights, step_fake_quant)},
         "step": {"file": "step.tflite", "ops": graph_details(step_bytes)[0], **port_info(step_bytes)},
         "conditioner": conditioner,
         "postfilter": postfilters(cfg),
         "sampling": sampling or {},
-        "tables": {"embedding": encode_array(weights["embedding"].astype(np.float32)),
+        "tables": {"embedding": encode_array(state_embedding(weights, step_fake_quant).astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None
                    else encode_array(weights["speaker_bias"].astype(np.float32))},
         "files": files,
@@ -235,7 +208,9 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
     model, config, ckpt = load_model(run_dir, checkpoint)
     utterances = validation_utterances(Path(run_dir), config, calibration_data)
     weights = step_weights(model)
-    calibration = calibration_samples(model, utterances, weights, batch) if "int8" in variants else None
+    # the int8 graph of a per-layer QAT run stores layer l's state rows x its gain: so do the calibration inputs
+    calibration = (calibration_samples(model, utterances, weights, batch, state_gains=weights["state_gains"])
+                   if "int8" in variants else None)
     cond_bytes = conditioner_graph(model, weights, batch, chunk_frames)
     scored, reference = reference_logits(model, utterances, eval_samples)
     source = {"run": Path(run_dir).resolve().name,  # the run folder's name: no path of the build machine

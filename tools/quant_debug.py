@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from convert.export import calibration_samples, validation_utterances  # noqa: E402
+from convert.calibration import calibration_samples  # noqa: E402
+from convert.export import validation_utterances  # noqa: E402
 from edge_runtime.errors import WavenetEdgeError  # noqa: E402
 from edge_runtime.interpreter import quiet_native_stderr  # noqa: E402
 from training.checkpoint import load_model, read_state  # noqa: E402
@@ -45,13 +46,17 @@ def op_groups(step_fn, n_layers: int) -> dict[str, str]:
 
     The converter names each TFLite tensor after the TF ops fused into it ("MatMul_4;add_8"), and
     make_step_function builds the graph in program order: split the inputs (state, then cond), then layer after
-    layer, each starting with the ConcatV2 of its taps (the only concatenations that read the state's Split),
+    layer, each starting with the ConcatV2 of its taps (the only concatenations that read the state's Split,
+    directly or through the MUL of a per-layer state gain),
     then the head from the concatenation of the gate outputs (the first ConcatV2 or MatMul after the last
     layer's Tanh) to the logits, then new_state. So creation order, cut at those ops, gives every op its group.
     """
     ops = step_fn.graph.get_operations()
     splits = [op for op in ops if op.type == "Split"]
-    starts = [i for i, op in enumerate(ops) if op.type == "ConcatV2" and any(t.op is splits[0] for t in op.inputs)]
+    # per-layer state gains: each row is multiplied back onto its layer's grid before the layer reads it
+    scaled = {op for op in ops if op.type == "Mul" and any(t.op is splits[0] for t in op.inputs)}
+    starts = [i for i, op in enumerate(ops)
+              if op.type == "ConcatV2" and any(t.op is splits[0] or t.op in scaled for t in op.inputs)]
     last_tanh = max(i for i, op in enumerate(ops) if op.type == "Tanh")
     head = next(i for i, op in enumerate(ops) if i > last_tanh and op.type in ("ConcatV2", "MatMul"))
     logits = ops.index(step_fn.structured_outputs["logits"].op.inputs[0].op)  # the head's last op
@@ -59,6 +64,11 @@ def op_groups(step_fn, n_layers: int) -> dict[str, str]:
         raise SystemExit(f"error: found {len(starts)} layers in the step graph, the config has {n_layers}")
     groups = {op.name: "new_state" if i > logits else "head" if i >= head
               else str(sum(s <= i for s in starts) - 1) if i >= starts[0] else "input" for i, op in enumerate(ops)}
+    for op in scaled:  # a row's MUL belongs to the layer that reads it
+        groups[op.name] = groups[op.outputs[0].consumers()[0].name]
+    for op in ops:  # and a layer's input scaled onto the state's grid, to new_state
+        if op.type == "Mul" and {groups.get(c.name) for c in op.outputs[0].consumers()} == {"new_state"}:
+            groups[op.name] = "new_state"
     groups[splits[0].name] = "state"
     if len(splits) > 1 and groups[splits[1].name] == "input":  # a model with conditioning splits it next
         groups[splits[1].name] = "cond"
@@ -111,7 +121,7 @@ def debug_model(cfg, weights: dict, calibration) -> tuple[bytes, object, str]:
             raise
         print(f"the quantization debugger cannot instrument the QAT graph, whose fake quantization the converter "
               f"already makes int8 ops ({e}): debugging it without, at the learned ranges", file=sys.stderr)
-    plain_fn = make_step_function(cfg, weights, 1)
+    plain_fn = make_step_function(cfg, weights, 1, scaled_state=True)  # per-layer state gains (if any) kept
     dbg = debugger(plain_fn)
     with quiet_native_stderr():
         reference = convert(step_fn, "int8", calibration)  # the exported graph: scales = learned ranges
@@ -208,7 +218,8 @@ def main() -> None:
     except (OSError, WavenetEdgeError) as e:  # no run, checkpoint or data there: one line, as the CLIs say it
         raise SystemExit(f"error: {e}")
     weights = step_weights(model)
-    calibration = calibration_samples(model, utterances, weights, 1)
+    calibration = calibration_samples(model, utterances, weights, 1,
+                                      state_gains=weights["state_gains"])  # the rows as the int8 graph holds them
     debug, step_fn, note = debug_model(cfg, weights, calibration)
     rows = annotate(layer_statistics(debug, calibration, args.samples), debug, op_groups(step_fn, cfg.n_layers), cfg)
     # exact ops would only pull the means down: the tables count the tensors that are rounded

@@ -104,6 +104,10 @@ class Config:
     qat: bool = False
     qat_range_decay: float = 0.99
     qat_calibration_batches: int = 32
+    # How the int8 step graph scales its one `state` tensor: "shared" (one range for every layer's rows, what
+    # QAT runs without this field did) or "per_layer" (each layer's rows on its own symmetric range, carried in
+    # the one tensor by a per-layer gain; what `--qat-from` sets).
+    qat_state_scales: str = "shared"
 
     def __post_init__(self) -> None:
         self._validate()
@@ -226,6 +230,8 @@ class Config:
         need(len(set(self.speakers)) == len(self.speakers), "speakers must be unique")
         need(0 < self.qat_range_decay < 1, f"qat_range_decay must be in (0, 1), got {self.qat_range_decay}")
         need(self.qat_calibration_batches >= 0, f"qat_calibration_batches must be >= 0, got {self.qat_calibration_batches}")
+        need(self.qat_state_scales in QAT_STATE_SCALES,
+             f"qat_state_scales must be one of {', '.join(QAT_STATE_SCALES)}, got {self.qat_state_scales!r}")
         need(not (self.qat and self.mixed_precision != "none"),
              "qat needs mixed_precision none (the int8 grids are computed in float32)")
         if self.use_mel:
@@ -242,6 +248,7 @@ class Config:
 
 
 LR_SCHEDULES = ("exponential", "cosine", "inverse_time")
+QAT_STATE_SCALES = ("shared", "per_layer")
 
 
 def receptive_field(config: Config) -> int:

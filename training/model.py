@@ -223,7 +223,8 @@ class WaveNet(keras.Model):
         self.head1 = layers.Dense(config.head_channels, name="head_1")
         self.head2 = layers.Dense(config.mu_classes, name="head_2", dtype="float32")
         # QAT: the moving ranges of the quantized tensors (non-trainable weights; none in a float model)
-        self.trackers = (make_trackers(n, config.qat_range_decay, config.use_mel or config.use_speaker)
+        self.trackers = (make_trackers(n, config.qat_range_decay, config.use_mel or config.use_speaker,
+                                       config.qat_state_scales == "per_layer")
                          if config.qat else None)
 
     def conditioning(self, mel):

@@ -1,8 +1,8 @@
 """Quantization-aware fine-tuning of a finished float run: ``wavenet-edge train --qat-from RUN_DIR --out NEW_RUN``.
 
 The new run is a run folder like any other (resumed by the same command), whose config is the source's with
-``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, the learning rate
-the source ended with. It starts from the source's final EMA weights; forward passes over
+``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
+scales (``qat_state_scales``) and the learning rate the source ended with. It starts from the source's final EMA weights; forward passes over
 ``qat_calibration_batches`` training batches set the int8 ranges before the first step. ``export --quantize int8``
 of it then uses the learned ranges. Everything is checked before anything is written.
 """
@@ -24,7 +24,7 @@ TUNABLE = frozenset({
     "batch_size", "segment_length", "lr_schedule", "learning_rate", "lr_decay_rate", "lr_decay_steps", "lr_min",
     "warmup_steps", "adam_beta2", "score_whole_window", "grad_clip_norm", "ema_decay", "steps", "checkpoint_every",
     "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision", "qat_range_decay",
-    "qat_calibration_batches"})
+    "qat_calibration_batches", "qat_state_scales"})
 
 
 class QATError(WavenetEdgeError):
@@ -70,7 +70,7 @@ class QATSource:
             raise QATError(f"{self.run_dir} is a {self.config.name!r} model, not {preset!r}: a QAT run keeps the "
                            "architecture of its source")
         lr = max(float(f"{self.final_learning_rate():.6g}"), self.config.lr_min)
-        base = self.config.replace(qat=True, mixed_precision="none", learning_rate=lr)
+        base = self.config.replace(qat=True, mixed_precision="none", learning_rate=lr, qat_state_scales="per_layer")
         config = base.with_overrides(overrides).replace(steps=steps)
         if not config.qat:
             raise QATError("qat=false contradicts --qat-from")

@@ -12,8 +12,8 @@ Quantization points, by name (one definition, used by :func:`training.model.gate
 =========  ======================================================  ==========================================
 name       tensor                                                  range
 =========  ======================================================  ==========================================
-state      every layer's output x_{l+1} (site l) and the sample     moving min/max per site, one shared range
-           embedding x_0 (site L-1): the residual stream, the      (one int8 tensor holds every layer's rows)
+state      every layer's output x_{l+1} (site l) and the sample     moving min/max per site; one shared range,
+           embedding x_0 (site L-1): the residual stream, the      or per layer and symmetric (see below)
            step's ``state`` input and ``new_state`` output
 cond       layer l's conditioning gate input c' V_l + s U_l        moving, shared (one ``cond`` input)
 pre        the dilated convolution's output (FULLY_CONNECTED)      moving, per layer
@@ -26,6 +26,13 @@ skip       relu of the skip sum (the relu fuses into the FC)       moving
 head       relu of the first head layer                            moving
 logits     the logits                                              moving
 =========  ======================================================  ==========================================
+
+The ``state`` input is one int8 tensor, so one scale for every layer's rows. ``Config.qat_state_scales``
+"shared" quantizes every site at the union of their ranges: the sample embedding (|x| < 1) then gets a few
+dozen levels of a grid sized for the last layers (|x| ~ 9). "per_layer" gives each site its own symmetric
+range [-m_l, m_l * 127/128] (zero point exactly 0) and the step graph stores layer l's rows as g_l x with
+g_l = M / m_l (M the largest m_l): every layer's values land on the one grid [-M, M] with the same integer codes
+as on its own, and the graph multiplies them back by 1/g_l (an exact requantization in int8) before using them.
 
 Weights of every FULLY_CONNECTED (dilated convolutions, residual, skip, head) are rounded per output channel,
 symmetric, to 127 steps each side: the converter's own int8 weight scheme, so weights snapped to this grid
@@ -44,7 +51,8 @@ from keras import layers, ops
 TANH_RANGE = (-1.0, 127.0 / 128.0)
 SIGMOID_RANGE = (0.0, 255.0 / 256.0)
 FIXED_RANGES = {"tanh": TANH_RANGE, "sigmoid": SIGMOID_RANGE, "z": TANH_RANGE}
-# Tracked tensors: name -> whether all its sites share one range (one int8 tensor in the step graph).
+# Tracked tensors: name -> whether all its sites share one range (one int8 tensor in the step graph; "state"
+# only with qat_state_scales "shared").
 SHARED = {"state": True, "cond": True, "pre": False, "gate": False, "res": False, "skip": False, "head": False,
           "logits": False}
 
@@ -75,11 +83,16 @@ def snap_numpy(w: np.ndarray) -> np.ndarray:
     return np.asarray(snap_weights(ops.convert_to_tensor(w, "float32")), np.float32)
 
 
-def effective_ranges(minmax, shared: bool):
+def effective_ranges(minmax, shared: bool, symmetric: bool = False):
     """The range each site quantizes with: its own [sites, 2], or for a shared name the union of all sites.
 
     Sites not yet observed hold [0, 0], which only adds 0 to the union: the grid contains 0 anyway.
+    ``symmetric`` (per-site ranges only): [-m, m * 127/128] with m the larger bound's magnitude, so that the
+    zero point is exactly 0 and grids of different sites are multiples of each other.
     """
+    if symmetric:
+        m = ops.maximum(ops.abs(minmax[:, 0]), ops.abs(minmax[:, 1]))
+        return ops.stack([-m, m * (127.0 / 128.0)], axis=1)
     if not shared:
         return minmax
     union = ops.stack([ops.min(minmax[:, 0]), ops.max(minmax[:, 1])])
@@ -94,9 +107,11 @@ class RangeTracker(layers.Layer):
     The ranges are non-trainable weights: saved with checkpoints, exported to the step graph.
     """
 
-    def __init__(self, sites: int, shared: bool, decay: float, **kwargs):
+    def __init__(self, sites: int, shared: bool, decay: float, symmetric: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.sites, self.shared, self.decay = sites, shared, decay
+        if shared and symmetric:
+            raise ValueError("a shared range is the union of its sites' ranges, not symmetric")
+        self.sites, self.shared, self.decay, self.symmetric = sites, shared, decay, symmetric
 
     def build(self, input_shape=None):
         # aggregation "mean": replicas of a mirrored strategy each fold in their own batch, then agree
@@ -108,7 +123,7 @@ class RangeTracker(layers.Layer):
     def call(self, x, site: int = 0, training=None):
         if training:
             self._observe(x, site)
-        ranges = effective_ranges(self.minmax, self.shared)
+        ranges = effective_ranges(self.minmax, self.shared, self.symmetric)
         quantized = fake_quant(x, ranges[site, 0], ranges[site, 1])
         # an untracked tensor (a model not yet calibrated) passes through: [0, 0] would zero it
         return ops.where(ops.max(self.count) > 0, quantized, ops.cast(x, quantized.dtype))
@@ -124,15 +139,21 @@ class RangeTracker(layers.Layer):
         self.count.assign(self.count + hot)
 
     def get_config(self):
-        return {**super().get_config(), "sites": self.sites, "shared": self.shared, "decay": self.decay}
+        return {**super().get_config(), "sites": self.sites, "shared": self.shared, "decay": self.decay,
+                "symmetric": self.symmetric}
 
 
-def make_trackers(n_layers: int, decay: float, conditioned: bool) -> dict:
-    """Every tracked name's RangeTracker (sites: one per layer, or one) for a model of ``n_layers`` layers."""
+def make_trackers(n_layers: int, decay: float, conditioned: bool, state_per_layer: bool = False) -> dict:
+    """Every tracked name's RangeTracker (sites: one per layer, or one) for a model of ``n_layers`` layers.
+
+    ``state_per_layer``: the residual stream on a symmetric range per site (``qat_state_scales`` "per_layer").
+    """
     sites = {"state": n_layers, "pre": n_layers, "res": n_layers - 1, "skip": 1, "head": 1, "logits": 1}
     if conditioned:
         sites.update(cond=n_layers, gate=n_layers)
-    return {name: RangeTracker(n, SHARED[name], decay, name=f"{name}_range") for name, n in sites.items()}
+    per_site = {"state"} if state_per_layer else set()
+    return {name: RangeTracker(n, SHARED[name] and name not in per_site, decay, symmetric=name in per_site,
+                               name=f"{name}_range") for name, n in sites.items()}
 
 
 def quantizer(trackers: dict | None, site: int = 0):
@@ -162,4 +183,5 @@ def constant_quantizer(ranges: dict | None, site: int = 0):
 
 def export_ranges(trackers: dict) -> dict:
     """``{name: float32 [sites, 2]}``: the range every site of the step graph quantizes with."""
-    return {name: np.asarray(effective_ranges(t.minmax, t.shared), np.float32) for name, t in trackers.items()}
+    return {name: np.asarray(effective_ranges(t.minmax, t.shared, t.symmetric), np.float32)
+            for name, t in trackers.items()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from training import quant
 from training.config import Config
 from training.model import WaveNet, conditioning_context, gated_unit, output_head
 from training.quant import constant_quantizer, export_ranges, snap_numpy
@@ -40,6 +41,27 @@ def state_layout(config: Config) -> list[tuple[int, int]]:
     return [(0, 0)] + [(layer, (k - 1 - j) * d) for layer, d in enumerate(config.dilations) for j in range(k - 1)]
 
 
+def state_gains(config: Config, ranges: dict | None) -> np.ndarray | None:
+    """Per-layer gains g_l [L] of the int8 state rows of a QAT model with ``qat_state_scales`` "per_layer".
+
+    Layer l's rows (its past inputs; for l >= 1 layer l-1's output, "state" site l-1; for l = 0 the embedding,
+    site L-1) are stored as g_l x, g_l = M / m_l for the symmetric range [-m_l, m_l * 127/128] of each, M the
+    largest: one int8 grid for the whole tensor, the same integer codes as each layer's own grid (see
+    training/quant.py). None for any other model.
+    """
+    if ranges is None or config.qat_state_scales != "per_layer":
+        return None
+    m = -ranges["state"][np.arange(config.n_layers) - 1, 0].astype(np.float64)  # layer l's input: site l - 1
+    return np.where(m > 0, m.max() / np.where(m > 0, m, 1.0), 1.0).astype(np.float32)
+
+
+def state_embedding(weights: dict, fake_quant: bool = False) -> np.ndarray:
+    """The sample embedding table [classes, R] as the step graph's ``state`` rows hold it (the manifest's table):
+    scaled by layer 0's gain in the int8 graph of a per-layer QAT model, else the model's own."""
+    gains = weights.get("state_gains") if fake_quant else None
+    return weights["embedding"] if gains is None else weights["embedding"] * gains[0]
+
+
 def step_weights(model: WaveNet) -> dict:
     """Float32 numpy weights of the streaming form.
 
@@ -47,7 +69,8 @@ def step_weights(model: WaveNet) -> dict:
     [C, L * G] holds every layer's conditioning projection side by side (for the conditioner graph);
     ``speaker_bias`` [speakers, L, G] is each speaker's per-layer gate bias s U_l. A QAT model's
     FULLY_CONNECTED weights come snapped to their int8 grid (what it was trained with, and what the converter's
-    per-channel quantization reproduces exactly), and ``ranges`` holds its fake quantization ranges (else None).
+    per-channel quantization reproduces exactly), ``ranges`` holds its fake quantization ranges (else None) and
+    ``state_gains`` the per-layer gains of its int8 state rows (:func:`state_gains`).
     """
     cfg = model.config
     snap = snap_numpy if cfg.qat else (lambda w: w)
@@ -63,12 +86,13 @@ def step_weights(model: WaveNet) -> dict:
     if model.speaker_embed is not None:
         emb = model.speaker_embed.embeddings.numpy()  # [speakers, D]
         speaker_bias = np.stack([emb @ b.speaker.kernel.numpy() for b in model.blocks], axis=1)  # [speakers, L, G]
+    ranges = None if model.trackers is None else export_ranges(model.trackers)
     return {"layers": layers_, "cond_w": cond_w, "speaker_bias": speaker_bias,
             "skip_w": snap(model.skip.kernel.numpy()), "skip_b": model.skip.bias.numpy(),
             "head1_w": snap(model.head1.kernel.numpy()), "head1_b": model.head1.bias.numpy(),
             "head2_w": snap(model.head2.kernel.numpy()), "head2_b": model.head2.bias.numpy(),
             "embedding": model.embed.embeddings.numpy(),
-            "ranges": None if model.trackers is None else export_ranges(model.trackers)}
+            "ranges": ranges, "state_gains": state_gains(cfg, ranges)}
 
 
 def gate_inputs(config: Config, weights: dict, cond: np.ndarray | None, speaker: int) -> np.ndarray | None:
@@ -107,14 +131,49 @@ def _concat(parts: list, axis: int):
     return tf.concat(parts, axis=axis)
 
 
-def make_step_function(config: Config, weights: dict, batch: int, fake_quant: bool = False):
+class StateRows:
+    """How the step graph reads and writes its ``state`` rows: as they are, or scaled by per-layer gains.
+
+    With gains (the int8 graph of a per-layer QAT model, :func:`state_gains`) layer l's rows hold g_l x on the
+    one grid of the ``state`` tensor, [-M, M * 127/128]; reading multiplies by 1/g_l onto layer l's own grid, and
+    writing multiplies layer l's input by g_l onto the shared one. In the int8 graph each is a MUL whose output
+    has the same integer codes as its input (an exact requantization).
+    """
+
+    def __init__(self, q: list, ranges: dict | None, gains: np.ndarray | None):
+        self.q, self.gains, self.grid = q, gains, None
+        if gains is not None and ranges is not None:
+            top = float(-ranges["state"][:, 0].min())  # M: the widest layer's range is the tensor's
+            self.grid = (-top, top * 127.0 / 128.0)
+
+    def shared(self, v):
+        """The ``state`` input at its one range."""
+        return self.q[0]("state", v) if self.grid is None else quant.fake_quant(v, *self.grid)
+
+    def read(self, layer: int, v):
+        """Layer ``layer``'s row as that layer uses it (its input grid is "state" site layer - 1)."""
+        return v if self.gains is None else self.q[layer - 1]("state", v * float(1.0 / self.gains[layer]))
+
+    def write(self, layer: int, v):
+        """Layer ``layer``'s current input as a ``new_state`` row."""
+        if self.gains is None:
+            return v
+        scaled = v * float(self.gains[layer])
+        return scaled if self.grid is None else quant.fake_quant(scaled, *self.grid)
+
+
+def make_step_function(config: Config, weights: dict, batch: int, fake_quant: bool = False,
+                       scaled_state: bool | None = None):
     """A tf.function ``step(**inputs) -> {"logits": [B, classes], "new_state": [(L-1) * B, R]}`` over fixed weights.
 
     Inputs (see :func:`step_input_specs`): ``state`` [rows * B, R] (the rows of :func:`state_layout`; each row
     holds B streams) and ``cond`` [L * B, G] (layer l's gate input for the sample being predicted, rows
     l * B + b). ``new_state`` holds the current inputs of layers 1..L-1 (layer 0's is the embedding, which the
     runtime already has). ``fake_quant`` (for the int8 conversion of a QAT model): the model's fake quantization
-    at its learned ranges, which the converter takes as the int8 scales.
+    at its learned ranges, which the converter takes as the int8 scales; with ``weights["state_gains"]`` the
+    state rows are scaled per layer (:class:`StateRows`, the embedding table: :func:`state_embedding`).
+    ``scaled_state`` (default: ``fake_quant``): the scaled rows without the fake quantization, the same graph
+    for TensorFlow Lite's quantization debugger (``tools/quant_debug.py``).
     """
     import tensorflow as tf
 
@@ -129,18 +188,22 @@ def make_step_function(config: Config, weights: dict, batch: int, fake_quant: bo
     if fake_quant and ranges is None:
         raise ValueError("fake quantization needs a QAT model's ranges")
     q = [constant_quantizer(ranges, site) for site in range(n_layers)]
+    scaled = fake_quant if scaled_state is None else scaled_state
+    rows_in = StateRows(q, ranges, weights.get("state_gains") if scaled else None)
     dense = lambda w, b: lambda v: tf.matmul(v, w) + b  # noqa: E731 (the bias fuses into the FULLY_CONNECTED)
 
     def step(**inputs):
         # The inputs at the ranges every layer shares (within the layers the same rounding again, a no-op).
-        x, *taps = tf.split(q[0]("state", inputs["state"]), rows, axis=0)  # rows x [B, R]
+        x, *taps = tf.split(rows_in.shared(inputs["state"]), rows, axis=0)  # rows x [B, R]
+        x = rows_in.read(0, x)
         gates = (tf.split(q[0]("cond", inputs["cond"]), n_layers, axis=0) if "cond" in inputs
                  else [None] * n_layers)  # [B, G]: conditioning and speaker, one ADD
         new_state, zs = [], []
         for l, (w, b, res) in enumerate(layer_w):
             if l:
-                new_state.append(x)
-            pre = tf.matmul(tf.concat(taps[l * (k - 1):(l + 1) * (k - 1)] + [x], axis=-1), w) + b
+                new_state.append(rows_in.write(l, x))
+            layer_taps = [rows_in.read(l, t) for t in taps[l * (k - 1):(l + 1) * (k - 1)]]
+            pre = tf.matmul(tf.concat(layer_taps + [x], axis=-1), w) + b
             x, z = gated_unit(pre, gates[l], x, None if res is None else dense(*res), q[l])  # [B, R], [B, H]
             zs.append(z)
         logits = output_head(_concat(zs, -1), dense(skip_w, skip_b), dense(*head[0]), dense(*head[1]), q[0])

@@ -68,6 +68,7 @@ def test_config_is_frozen():
     ("preemphasis=-0.1", r"preemphasis must be in \[0, 1\)"),
     ("lr_schedule=linear", "lr_schedule must be one of exponential, cosine, inverse_time"),
     ("adam_beta2=1", r"adam_beta2 must be in \(0, 1\)"),
+    ("qat_state_scales=per_tensor", "qat_state_scales must be one of shared, per_layer"),
     ("warmup_steps=-5", "warmup_steps must be >= 0"),
     ("lr_min=0.1", "lr_min <= learning_rate"),
     ("qat_range_decay=1", r"qat_range_decay must be in \(0, 1\)"),

@@ -101,7 +101,8 @@ def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarra
     ``fake_quant``: the step graph of a QAT model's int8 export (its fake quantization in the graph).
     """
     from training.model import conditioning_context
-    from training.step import gate_inputs, make_conditioner_function, make_step_function, state_layout, step_weights
+    from training.step import (gate_inputs, make_conditioner_function, make_step_function, state_embedding,
+                               state_layout, step_weights)
 
     cfg = model.config
     weights = step_weights(model)
@@ -120,10 +121,11 @@ def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarra
         last = np.zeros_like(cond[:1]) if gates is None else gates.reshape(1, -1)
         gates = np.concatenate([cond[1:], last]).reshape(T, cfg.n_layers, cfg.gate_channels)
     layout = state_layout(cfg)
+    embedding = state_embedding(weights, fake_quant)  # scaled like the rows of a per-layer int8 state
     history = np.zeros((T, cfg.n_layers, cfg.residual_channels), np.float32)
     out = np.zeros((T, cfg.mu_classes), np.float32)
     for t in range(T):
-        history[t, 0] = weights["embedding"][audio[t]]
+        history[t, 0] = embedding[audio[t]]
         rows = [history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32) for l, d in layout]
         feed = {"state": np.stack(rows)}  # [rows, R] (batch 1)
         if gates is not None:

@@ -37,7 +37,7 @@ def test_qat_run_config_and_provenance(tiny_run, qat_run):
 
     source, (out, summary) = tiny_run[0], qat_run
     config, float_config = Config.from_json(out / "config.json"), Config.from_json(source / "config.json")
-    assert config.qat and not float_config.qat and config.steps == 150
+    assert config.qat and not float_config.qat and config.steps == 150 and config.qat_state_scales == "per_layer"
     # fine-tuning continues at the rate the float run ended with: 3e-3 * 0.7 ** (300 / 1000)
     assert config.learning_rate == pytest.approx(3e-3 * 0.7 ** 0.3, rel=1e-5)
     assert QATSource.open(source).final_learning_rate() == pytest.approx(config.learning_rate, rel=1e-5)
@@ -101,17 +101,29 @@ def test_qat_run_resumes_with_its_ranges(tiny_run, tmp_path):
     assert int(opt["00000"]) == 20
 
 
-def test_step_graph_with_fake_quant_matches_the_qat_model(tiny_config):
+@pytest.mark.parametrize("scales", ["shared", "per_layer"])
+def test_step_graph_with_fake_quant_matches_the_qat_model(tiny_config, scales):
     from tests.training.test_model import random_inputs, step_loop_logits
     from training.config import receptive_field
     from training.model import build_model
+    from training.step import state_gains, step_weights
 
-    config = tiny_config.replace(qat=True)
+    config = tiny_config.replace(qat=True, qat_state_scales=scales)
     model = build_model(config)
     samples = (2 * receptive_field(config) // config.hop_length + 2) * config.hop_length
     inputs = random_inputs(config, 1, samples, seed=5)
     for _ in range(3):
         model(inputs, training=True)  # observes the ranges
+    ranges = step_weights(model)["ranges"]["state"]
+    if scales == "shared":
+        assert state_gains(config, step_weights(model)["ranges"]) is None and np.all(ranges == ranges[0])
+    else:
+        # symmetric per site, zero point exactly 0; the gains bring every layer's input range to the widest one
+        assert np.all(ranges[:, 1] == np.float32(-ranges[:, 0] * 127 / 128)) and len(set(ranges[:, 0])) == len(ranges)
+        gains = state_gains(config, step_weights(model)["ranges"])
+        inputs_range = -ranges[np.arange(config.n_layers) - 1, 0]
+        np.testing.assert_allclose(gains * inputs_range, -ranges[:, 0].min(), rtol=1e-6)
+        assert gains.min() == pytest.approx(1) and gains.max() > 1.5
     full = model(inputs).numpy()[0]
     stepped = step_loop_logits(model, inputs, fake_quant=True)
     logit_step = np.diff(model.trackers["logits"].minmax.numpy()[0])[0] / 255
@@ -131,17 +143,29 @@ def test_int8_export_of_a_qat_run_uses_the_learned_ranges(qat_run, tmp_path):
     r = run_cli("export", str(out), "--out", str(model_dir), "--quantize", "int8")
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((model_dir / "manifest.json").read_text())
-    ranges = step_weights(load_model(out)[0])["ranges"]
+    weights = step_weights(load_model(out)[0])
+    ranges, gains = weights["ranges"], weights["state_gains"]  # --qat-from: per-layer state scales
     ports = {**manifest["step"]["inputs"], **manifest["step"]["outputs"]}
-    for port, name in [("state", "state"), ("new_state", "state"), ("cond", "cond"), ("logits", "logits")]:
-        lo, hi = ranges[name][0]
+    top = -ranges["state"][:, 0].min()  # the widest layer's range is the state tensor's: [-M, M * 127/128]
+    for port, (lo, hi) in [("state", (-top, top * 127 / 128)), ("new_state", (-top, top * 127 / 128)),
+                           ("cond", ranges["cond"][0]), ("logits", ranges["logits"][0])]:
         scale = (hi - lo) / 255
         assert ports[port]["scale"] == pytest.approx(scale, rel=1e-6), port
         assert ports[port]["zero_point"] == -128 + round(-lo / scale), port
     # the state goes out at the scale it comes in: no requantization between steps
     assert ports["state"]["scale"] == ports["new_state"]["scale"]
+    # the runtime writes the embedding into the state: the manifest's table carries layer 0's gain
+    from edge_runtime.manifest import decode_array
+
+    table = decode_array(manifest["tables"]["embedding"], "embedding")
+    np.testing.assert_allclose(table, weights["embedding"] * gains[0], rtol=1e-6)
+    assert gains[0] > 1.5 and manifest["state"]["gains"] == pytest.approx(gains.tolist(), rel=1e-6)
     ops, tensors = graph_details(model_dir / "step.tflite")
+    # MULs: each layer's gate (4), each layer's tap read back onto its grid and the embedding row, and layers
+    # 1-3's inputs written onto the state's grid; the widest layer's gain is 1, a MUL the converter drops
+    scaled = gains != 1
     assert set(ops) <= EDGE_TPU_OPS and "QUANTIZE" not in ops and ops["FULLY_CONNECTED"] == 4 + 3 + 1 + 2, ops
+    assert scaled.sum() == 3 and ops["MUL"] == 4 + scaled.sum() + scaled[0] + scaled[1:].sum(), ops
     assert {np.dtype(t["dtype"]).name for t in tensors} == {"int8", "int32"}
     report = json.loads((model_dir / "report.json").read_text())["variants"]["int8"]
     # the int8 graph computes what the QAT model simulates (its TF reference): the integer kernels' own
