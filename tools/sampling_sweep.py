@@ -1,0 +1,116 @@
+"""Sampling settings measured on a voice: temperature and LPCNet's probability floor, PESQ-NB / STOI per setting.
+
+    python tools/sampling_sweep.py edge_runtime/models/pi --data ../shared/data/fsdd/recordings \
+        --settings 0.5:0,0.5:0.005,0.35:0 [--limit 60] [--json out.json]
+
+A setting ``T:floor`` samples from p = softmax(logits / T) with ``floor`` subtracted from every probability
+(negative ones dropped, the rest renormalised: LPCNet's ``sample_from_pdf`` threshold), ``T:0`` the runtime's
+own sampling. Each clip is copy-synthesized with seeds 0 and 1 and scored against its recording; every setting
+is paired per clip with the first. The floor needs the probabilities, which the native engine's loop does not
+expose, so the voice runs through LiteRT here (same graphs, same noise: the Gumbel draws of a seed are the
+runtime's). An experiment, not a runtime option: results in docs/training-experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from edge_runtime.audio import front_end_params, log_mel  # noqa: E402
+from edge_runtime.corpus import load_wav_folder  # noqa: E402
+from edge_runtime.synth import Synthesizer  # noqa: E402
+from quality_report import paired, score  # noqa: E402
+
+
+class FlooredSynthesizer(Synthesizer):
+    """The runtime's one-stream LiteRT loop with the sampling step replaced (``floor`` > 0) by a floored pdf."""
+
+    floor, temperature_now = 0.0, 0.5
+
+    def _run_single(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None) -> np.ndarray:
+        if not self.floor or noise is None:
+            return super()._run_single(n, cond, noise)
+        views, invoke = self._views, self._invoke
+        state, logits, new = views["state"], views["logits"][0], views["new_state"]
+        cond_in = views["cond"] if cond is not None else None
+        mask, n_layers = self._ring - 1, self._hist.shape[1]
+        flat = self._hist.reshape(self._ring * n_layers, -1)
+        # the runtime's noise is g * T / scale (Gumbel g, float logits: scale 1), so g = noise / T
+        gumbel, inv_t = noise[:, 0] / self.temperature_now, 1.0 / self.temperature_now
+        prev, t, samples = int(self._prev[0]), self._t, []
+        for i in range(n):
+            pos = t & mask
+            flat[pos * n_layers] = self._embedding[prev]
+            flat.take(self._take_rows[pos], axis=0, out=state)
+            if cond_in is not None:
+                cond_in[...] = cond[i]
+            invoke()
+            flat[pos * n_layers + 1:(pos + 1) * n_layers] = new
+            p = np.exp((logits - logits.max()) * inv_t)
+            p = p / p.sum() - self.floor
+            with np.errstate(divide="ignore"):
+                prev = int((np.log(np.maximum(p, 0.0)) + gumbel[i]).argmax())
+            samples.append(prev)
+            t += 1
+        self._prev, self._t = np.array([prev]), t
+        return np.array(samples, np.int64)[:, None]
+
+
+def summary(per_clip: list[dict], base: list[dict]) -> str:
+    """Means, and the paired difference to the first setting (when this is another)."""
+    parts = []
+    for metric in ("pesq", "stoi"):
+        part = f"{metric} {np.mean([c[metric] for c in per_clip if c[metric] is not None]):.3f}"
+        pair = paired(per_clip, base, metric) if per_clip is not base else None
+        if pair:
+            part += (f" ({pair['mean_difference']:+.3f} [{pair['ci95'][0]:+.3f}, {pair['ci95'][1]:+.3f}], "
+                     f"wins {pair['wins']}/{pair['clips']})")
+        parts.append(part)
+    return ", ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--data", required=True, help="Folder of recordings.")
+    parser.add_argument("--files", default=r"_[0-4]\.wav$", help="Regex of the clips to use (the test split).")
+    parser.add_argument("--settings", required=True, help="Comma-separated T:floor pairs; the first is the base.")
+    parser.add_argument("--limit", type=int, default=60, help="Clips, evenly spread over the sorted list.")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    synth = FlooredSynthesizer.load(args.model, engine="litert")
+    if synth.manifest.data["step"]["inputs"]["state"]["dtype"] != "float32":
+        raise SystemExit("error: the sweep reads float logits: use a dynamic or float variant")
+    cfg = synth.config
+    rate, front_end, hop = int(cfg["sample_rate"]), front_end_params(cfg), int(cfg["hop_length"])
+    clips = load_wav_folder(args.data, rate, cfg["trim_db"], synth.manifest.data.get("data", {}).get("speaker_regex"),
+                            args.files)
+    clips = [(r, s, a[: a.shape[0] // hop * hop]) for r, s, a in clips if a.shape[0] >= 2 * hop]
+    clips = [clips[i] for i in np.linspace(0, len(clips) - 1, min(args.limit, len(clips))).round().astype(int)]
+    results = {}
+    for setting in args.settings.split(","):
+        temperature, floor = map(float, setting.split(":"))
+        synth.floor, synth.temperature_now = floor, temperature
+        per_clip = []
+        for _, speaker, audio in clips:
+            mel = log_mel(audio, **front_end)
+            scores = [score(audio, np.concatenate(list(synth.stream(mel, speaker=speaker if synth.use_speaker else None,
+                                                                     temperature=temperature, seed=seed))),
+                            rate, front_end) for seed in (0, 1)]
+            per_clip.append({m: float(np.mean(v)) if (v := [s[m] for s in scores if s[m] is not None]) else None
+                             for m in ("pesq", "stoi")})
+        results[setting] = per_clip
+        print(f"T {temperature:g} floor {floor:g}: " + summary(per_clip, list(results.values())[0]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"model": str(args.model), "clips": len(clips), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
