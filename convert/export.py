@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.calibration import calibration_samples
 from edge_runtime.errors import WavenetEdgeError
 from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.files import portable_path, remove_stale_temporaries
 from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array, sha256_file
-from convert.calibration import calibration_samples
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
 
@@ -106,7 +106,9 @@ def postfilters(cfg: Config) -> dict | list | None:
 
 def state_scaling(weights: dict, fake_quant: bool) -> dict:
     """The manifest's note of per-layer state gains (the int8 graph of a per-layer QAT run), else nothing."""
-    gains = weights.get("state_gains") if fake_quant else None
+    from training.step import graph_state_gains
+
+    gains = graph_state_gains(weights, fake_quant)
     return {} if gains is None else {
         "gains": [float(g) for g in gains],
         "gains_note": "layer l's rows (and new_state rows) hold gains[l] x its input; tables.embedding is scaled "

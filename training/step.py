@@ -55,10 +55,16 @@ def state_gains(config: Config, ranges: dict | None) -> np.ndarray | None:
     return np.where(m > 0, m.max() / np.where(m > 0, m, 1.0), 1.0).astype(np.float32)
 
 
+def graph_state_gains(weights: dict, scaled: bool) -> np.ndarray | None:
+    """The per-layer gains a step graph built with ``scaled`` rows applies (only the int8 graph of a per-layer QAT
+    model has any): the one rule for the graph, its embedding table and the manifest."""
+    return weights.get("state_gains") if scaled else None
+
+
 def state_embedding(weights: dict, fake_quant: bool = False) -> np.ndarray:
     """The sample embedding table [classes, R] as the step graph's ``state`` rows hold it (the manifest's table):
     scaled by layer 0's gain in the int8 graph of a per-layer QAT model, else the model's own."""
-    gains = weights.get("state_gains") if fake_quant else None
+    gains = graph_state_gains(weights, fake_quant)
     return weights["embedding"] if gains is None else weights["embedding"] * gains[0]
 
 
@@ -188,8 +194,7 @@ def make_step_function(config: Config, weights: dict, batch: int, fake_quant: bo
     if fake_quant and ranges is None:
         raise ValueError("fake quantization needs a QAT model's ranges")
     q = [constant_quantizer(ranges, site) for site in range(n_layers)]
-    scaled = fake_quant if scaled_state is None else scaled_state
-    rows_in = StateRows(q, ranges, weights.get("state_gains") if scaled else None)
+    rows_in = StateRows(q, ranges, graph_state_gains(weights, fake_quant if scaled_state is None else scaled_state))
     dense = lambda w, b: lambda v: tf.matmul(v, w) + b  # noqa: E731 (the bias fuses into the FULLY_CONNECTED)
 
     def step(**inputs):
