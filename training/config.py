@@ -89,6 +89,10 @@ class Config:
     # residual and the runtime adds the prediction back (0 = off).
     lpc_order: int = 0
     lpc_gamma: float = 0.9
+    # Noise on the fed-back input (LPCNet, FFTNet): during training the network reads its past samples' µ-law
+    # classes plus rounded Gaussian noise of this standard deviation (in classes), while the targets stay clean,
+    # so it learns to continue from a history with errors like its own at synthesis (0 = off).
+    input_noise: float = 0.0
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999
     steps: int = 100000
@@ -222,6 +226,8 @@ class Config:
         need(0 <= self.preemphasis < 1, f"preemphasis must be in [0, 1), got {self.preemphasis}")
         need(0 <= self.lpc_order <= MAX_LPC_ORDER, f"lpc_order must be in [0, {MAX_LPC_ORDER}], got {self.lpc_order}")
         need(0 < self.lpc_gamma <= 1, f"lpc_gamma must be in (0, 1], got {self.lpc_gamma}")
+        need(0 <= self.input_noise <= self.mu_classes / 4,
+             f"input_noise must be in [0, {self.mu_classes / 4:g}] classes, got {self.input_noise}")
         need(not self.lpc_order or self.use_mel, "lpc_order needs local conditioning (the LPC comes from the mel)")
         need(0 <= self.lr_min <= self.learning_rate, f"need 0 <= lr_min <= learning_rate, got lr_min={self.lr_min}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")

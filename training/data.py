@@ -206,6 +206,15 @@ def segment_dataset(utterances: list[Utterance], config: Config, batch_size: int
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def noisy_history(classes, stddev: float, mu_classes: int, seed):
+    """The fed-back input of a training window with rounded Gaussian noise of ``stddev`` classes, clipped to the
+    class range (``input_noise``); the same ``seed`` (int [2]) draws the same noise, so a resumed run repeats it."""
+    import tensorflow as tf
+
+    noise = tf.round(tf.random.stateless_normal(tf.shape(classes), seed, stddev=stddev))
+    return tf.clip_by_value(classes + tf.cast(noise, classes.dtype), 0, mu_classes - 1)
+
+
 def unigram_entropy_bits(utterances: list[Utterance], classes: int = 256) -> float:
     """Entropy (bits/sample) of the µ-law class histogram of the scored samples (all but each first)."""
     counts = np.zeros(classes, np.int64)

@@ -22,8 +22,8 @@ from training.config import Config
 # anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
 TUNABLE = frozenset({
     "batch_size", "segment_length", "lr_schedule", "learning_rate", "lr_decay_rate", "lr_decay_steps", "lr_min",
-    "warmup_steps", "adam_beta2", "score_whole_window", "grad_clip_norm", "ema_decay", "steps", "checkpoint_every",
-    "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision", "qat_range_decay",
+    "warmup_steps", "adam_beta2", "score_whole_window", "input_noise", "grad_clip_norm", "ema_decay", "steps",
+    "checkpoint_every", "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision", "qat_range_decay",
     "qat_calibration_batches", "qat_state_scales"})
 
 

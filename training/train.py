@@ -18,7 +18,8 @@ import keras
 
 from training import checkpoint as ckpt_io
 from training.config import Config, ConfigError, receptive_field
-from training.data import Corpus, load_corpus, scored_span, segment_dataset, unigram_entropy_bits, window_frames
+from training.data import (Corpus, load_corpus, noisy_history, scored_span, segment_dataset, unigram_entropy_bits,
+                           window_frames)
 from training.evaluate import NLLScorer, utterance_inputs
 from training.model import build_model
 
@@ -191,11 +192,18 @@ class TrainStep:
 
     def _loss_and_grads_eager(self, batch):
         model, first, last = self.learner.model, self.first, self.last
+        inputs = batch if not self.config.input_noise else dict(batch, audio=self._noisy(batch["audio"]))
         with tf.GradientTape() as tape:
-            logits = model(batch, training=True)[:, first - 1:last - 1]  # [b, scored, classes]
+            logits = model(inputs, training=True)[:, first - 1:last - 1]  # [b, scored, classes]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["audio"][:, first:last], logits))
         # Dense gradients (the embeddings' are IndexedSlices): small tables, and all-reduce/clip need tensors.
         return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.learner.variables)]
+
+    def _noisy(self, classes):
+        """The input with ``input_noise`` (targets stay clean), drawn per step and replica."""
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.stack([tf.cast(self.learner.optimizer.iterations, tf.int32) * 64 + replica, self.config.seed])
+        return noisy_history(classes, self.config.input_noise, self.config.mu_classes, seed)
 
     def _replica_step(self, batch):
         learner = self.learner

@@ -76,6 +76,8 @@ def test_config_is_frozen():
     ("lpc_order=33", r"lpc_order must be in \[0, 32\]"),
     ("lpc_order=-1", r"lpc_order must be in \[0, 32\]"),
     ("lpc_gamma=0", r"lpc_gamma must be in \(0, 1\]"),
+    ("input_noise=-1", r"input_noise must be in \[0, 64\] classes"),
+    ("input_noise=65", r"input_noise must be in \[0, 64\] classes"),
 ])
 def test_recipe_options_are_checked(setting, message):
     with pytest.raises(ConfigError, match=message):

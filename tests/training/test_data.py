@@ -176,3 +176,20 @@ def test_lpc_targets_are_the_excitation_of_the_emphasised_audio(tiny_config):
     synthesis = Synthesis(8, config.hop_length)  # and the runtime's filter puts it back
     synthesis.add_frames(a)
     np.testing.assert_allclose(synthesis(e)[:, 0], preemphasize(audio[:n], 0.85), atol=1e-5)
+
+
+def test_input_noise_is_rounded_gaussian_within_the_class_range():
+    import tensorflow as tf
+    from training.data import noisy_history
+
+    mid = tf.fill([4, 50_000], 128)
+    seed = tf.constant([5, 7])
+    noisy = noisy_history(mid, 2.0, 256, seed).numpy()
+    diff = noisy - 128
+    # Rounding N(0, 4) adds a uniform rounding error's variance, 1/12
+    assert abs(diff.std() - np.sqrt(4 + 1 / 12)) < 0.02 and abs(diff.mean()) < 0.02
+    assert np.array_equal(noisy, noisy_history(mid, 2.0, 256, seed).numpy())  # a resumed run draws the same
+    assert not np.array_equal(noisy, noisy_history(mid, 2.0, 256, tf.constant([6, 7])).numpy())
+    edges = noisy_history(tf.constant([[0, 255] * 5000]), 3.0, 256, seed).numpy()
+    assert edges.min() == 0 and edges.max() == 255
+    assert (edges[0, ::2] == 0).mean() > 0.5 and (edges[0, 1::2] == 255).mean() > 0.5  # clipped, not wrapped

@@ -122,3 +122,32 @@ def test_two_replica_mirrored_strategy(tiny_data, tmp_path):
     assert summary["step"] == 30 and summary["val_nll_bits"] < 7.9
     opt = np.load(ckpt_io.checkpoints(tmp_path / "r")[-1] / "optimizer.npz")
     assert int(opt["00000"]) == 30  # one optimizer step per global batch, not one per replica
+
+
+def test_input_noise_perturbs_the_input_and_scores_the_clean_targets(tiny_config):
+    import tensorflow as tf
+    from training.data import noisy_history, scored_span, window_frames
+    from training.model import model_inputs
+    from training.train import Learner, TrainStep
+
+    config = tiny_config.replace(input_noise=3.0, jit_compile=False)
+    strategy = tf.distribute.get_strategy()
+    learner = Learner(config, strategy)
+    step = TrainStep(config, learner, strategy)
+    rng = np.random.default_rng(0)
+    batch = model_inputs(config, 2, window_frames(config) * config.hop_length)
+    batch["audio"] = tf.constant(rng.integers(100, 156, batch["audio"].shape), tf.int32)
+    batch["mel"] = tf.constant(rng.normal(size=batch["mel"].shape), tf.float32)
+    loss, _ = step._loss_and_grads_eager(batch)
+
+    def loss_of(inputs):
+        first, last = scored_span(config)
+        logits = learner.model(inputs, training=True)[:, first - 1:last - 1]
+        return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["audio"][:, first:last],
+                                                                                    logits)))
+
+    # Step 0, replica 0: seed [0, config.seed]; the targets are the clean classes
+    noisy = noisy_history(batch["audio"], 3.0, config.mu_classes, tf.constant([0, config.seed]))
+    assert abs(float(loss) - loss_of(dict(batch, audio=noisy))) < 1e-6
+    # An untrained model's logits are nearly flat: the clean input changes its loss by ~1e-4, 100x the tolerance
+    assert abs(float(loss) - loss_of(batch)) > 3e-5
