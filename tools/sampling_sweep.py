@@ -1,14 +1,19 @@
-"""Sampling settings measured on a voice: temperature and LPCNet's probability floor, PESQ-NB / STOI per setting.
+"""Sampling settings measured on a voice: temperature, LPCNet's probability floor and voicing-dependent
+sharpening, PESQ-NB / STOI per setting.
 
     python tools/sampling_sweep.py edge_runtime/models/pi --data ../shared/data/fsdd/recordings \
-        --settings 0.5:0,0.5:0.005,0.35:0 [--limit 60] [--json out.json]
+        --settings 0.5:0,0.5:0.005,0.35:0,1.0:0.002:1 [--limit 60] [--json out.json]
 
-A setting ``T:floor`` samples from p = softmax(logits / T) with ``floor`` subtracted from every probability
-(negative ones dropped, the rest renormalised: LPCNet's ``sample_from_pdf`` threshold), ``T:0`` the runtime's
-own sampling. Each clip is copy-synthesized with seeds 0 and 1 and scored against its recording; every setting
-is paired per clip with the first. The floor needs the probabilities, which the native engine's loop does not
-expose, so the voice runs through LiteRT here (same graphs, same noise: the Gumbel draws of a seed are the
-runtime's). An experiment, not a runtime option: results in docs/training-experiments.md.
+A setting ``T:floor[:sharpen]`` samples from p = softmax(c * logits / T) with ``floor`` subtracted from every
+probability (negative ones dropped, the rest renormalised: LPCNet's ``sample_from_pdf`` threshold). ``c`` is 1
+unless ``sharpen`` > 0: then, at every mel frame, ``c = 1 + sharpen * max(0, 1.5 g - 0.5)`` (the LPCNet paper's
+rule) with ``g`` a voicing estimate the runtime can have, causally: the largest normalised autocorrelation of the
+last generated samples (decoded µ-law, before any postfilter: for an LPC voice the excitation, a pulse train when
+voiced) over pitch lags of 2.5-20 ms. ``T:0`` is the runtime's own sampling. Each clip is copy-synthesized with
+seeds 0 and 1 and scored against its recording; every setting is paired per clip with the first. The floor needs
+the probabilities, which the native engine's loop does not expose, so the voice runs through LiteRT here (same
+graphs, same noise: the Gumbel draws of a seed are the runtime's). An experiment, not a runtime option: results
+in docs/training-experiments.md.
 """
 
 from __future__ import annotations
@@ -29,13 +34,28 @@ from edge_runtime.synth import Synthesizer  # noqa: E402
 from quality_report import paired, score  # noqa: E402
 
 
-class FlooredSynthesizer(Synthesizer):
-    """The runtime's one-stream LiteRT loop with the sampling step replaced (``floor`` > 0) by a floored pdf."""
+VOICING_WINDOW_S = 0.03  # the last 30 ms of samples compared with themselves one pitch period earlier
+PITCH_LAGS_S = (0.0025, 0.02)  # 50-400 Hz
 
-    floor, temperature_now = 0.0, 0.5
+
+def voicing(history: np.ndarray, window: int, lags: range) -> float:
+    """Largest normalised autocorrelation, clipped to [0, 1], of the last ``window`` samples of ``history`` with
+    the same span ``lag`` samples earlier, over ``lags`` (``history`` holds at least window + max lag samples)."""
+    now = history[-window:]
+    past = np.lib.stride_tricks.sliding_window_view(history[:-1], window)[::-1][lags.start - 1:lags.stop - 1]
+    energy = (past * past).sum(axis=1) * float(now @ now)
+    corr = (past @ now) / np.sqrt(np.maximum(energy, 1e-12))
+    return float(np.clip(corr.max(), 0.0, 1.0))
+
+
+class FlooredSynthesizer(Synthesizer):
+    """The runtime's one-stream LiteRT loop with the sampling step replaced (``floor`` or ``sharpen`` > 0) by a
+    floored, voicing-sharpened pdf."""
+
+    floor, sharpen, temperature_now = 0.0, 0.0, 0.5
 
     def _run_single(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None) -> np.ndarray:
-        if not self.floor or noise is None:
+        if not (self.floor or self.sharpen) or noise is None:
             return super()._run_single(n, cond, noise)
         views, invoke = self._views, self._invoke
         state, logits, new = views["state"], views["logits"][0], views["new_state"]
@@ -43,9 +63,14 @@ class FlooredSynthesizer(Synthesizer):
         mask, n_layers = self._ring - 1, self._hist.shape[1]
         flat = self._hist.reshape(self._ring * n_layers, -1)
         # the runtime's noise is g * T / scale (Gumbel g, float logits: scale 1), so g = noise / T
-        gumbel, inv_t = noise[:, 0] / self.temperature_now, 1.0 / self.temperature_now
+        gumbel = noise[:, 0] / self.temperature_now
         prev, t, samples = int(self._prev[0]), self._t, []
+        if t == 0:
+            self._history = np.zeros(self._window + self._lags.stop)
+        sharpness = self._sharpness()
         for i in range(n):
+            if self.sharpen and t % self._hop == 0:
+                sharpness = self._sharpness()
             pos = t & mask
             flat[pos * n_layers] = self._embedding[prev]
             flat.take(self._take_rows[pos], axis=0, out=state)
@@ -53,14 +78,38 @@ class FlooredSynthesizer(Synthesizer):
                 cond_in[...] = cond[i]
             invoke()
             flat[pos * n_layers + 1:(pos + 1) * n_layers] = new
-            p = np.exp((logits - logits.max()) * inv_t)
-            p = p / p.sum() - self.floor
-            with np.errstate(divide="ignore"):
-                prev = int((np.log(np.maximum(p, 0.0)) + gumbel[i]).argmax())
+            prev = self._draw(logits, gumbel[i], sharpness / self.temperature_now)
             samples.append(prev)
+            self._history[:-1] = self._history[1:]
+            self._history[-1] = self._decode[prev]
             t += 1
         self._prev, self._t = np.array([prev]), t
         return np.array(samples, np.int64)[:, None]
+
+    def _sharpness(self) -> float:
+        """c = 1 + sharpen * max(0, 1.5 g - 0.5) from the voicing of the samples generated so far."""
+        if not self.sharpen:
+            return 1.0
+        g = voicing(self._history, self._window, self._lags)
+        return 1.0 + self.sharpen * max(0.0, 1.5 * g - 0.5)
+
+    def _draw(self, logits: np.ndarray, gumbel: np.ndarray, inv_t: float) -> int:
+        """Gumbel-max from softmax(logits * inv_t), minus the floor when there is one."""
+        if not self.floor:
+            return int((logits * inv_t + gumbel).argmax())
+        p = np.exp((logits - logits.max()) * inv_t)
+        kept = np.maximum(p / p.sum() - self.floor, 0.0)
+        if not kept.any():  # every class under the floor (a near-flat pdf): the most likely one
+            return int(p.argmax())
+        with np.errstate(divide="ignore"):
+            return int((np.log(kept) + gumbel).argmax())
+
+    def configure(self, temperature: float, floor: float, sharpen: float) -> None:
+        """One setting; the voicing window and pitch lags in samples of this voice's rate."""
+        self.temperature_now, self.floor, self.sharpen = temperature, floor, sharpen
+        rate = int(self.config["sample_rate"])
+        self._hop, self._window = int(self.config["hop_length"]), round(VOICING_WINDOW_S * rate)
+        self._lags = range(round(PITCH_LAGS_S[0] * rate), round(PITCH_LAGS_S[1] * rate) + 1)
 
 
 def summary(per_clip: list[dict], base: list[dict]) -> str:
@@ -81,7 +130,7 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", required=True, help="Folder of recordings.")
     parser.add_argument("--files", default=r"_[0-4]\.wav$", help="Regex of the clips to use (the test split).")
-    parser.add_argument("--settings", required=True, help="Comma-separated T:floor pairs; the first is the base.")
+    parser.add_argument("--settings", required=True, help="Comma-separated T:floor[:sharpen]; the first is the base.")
     parser.add_argument("--limit", type=int, default=60, help="Clips, evenly spread over the sorted list.")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -96,8 +145,8 @@ def main() -> None:
     clips = [clips[i] for i in np.linspace(0, len(clips) - 1, min(args.limit, len(clips))).round().astype(int)]
     results = {}
     for setting in args.settings.split(","):
-        temperature, floor = map(float, setting.split(":"))
-        synth.floor, synth.temperature_now = floor, temperature
+        temperature, floor, sharpen = (list(map(float, setting.split(":"))) + [0.0])[:3]
+        synth.configure(temperature, floor, sharpen)
         per_clip = []
         for _, speaker, audio in clips:
             mel = log_mel(audio, **front_end)
@@ -107,7 +156,7 @@ def main() -> None:
             per_clip.append({m: float(np.mean(v)) if (v := [s[m] for s in scores if s[m] is not None]) else None
                              for m in ("pesq", "stoi")})
         results[setting] = per_clip
-        print(f"T {temperature:g} floor {floor:g}: " + summary(per_clip, list(results.values())[0]), flush=True)
+        print(f"T {temperature:g} floor {floor:g} sharpen {sharpen:g}: " + summary(per_clip, list(results.values())[0]), flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "clips": len(clips), "results": results}, indent=1))
 
