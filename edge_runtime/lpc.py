@@ -31,7 +31,11 @@ def lpc_from_mel(log_mel: np.ndarray, *, sample_rate: int, n_fft: int, n_mels: i
                  order: int, gamma: float, preemphasis: float = 0.0) -> np.ndarray:
     """Prediction coefficients ``a_1..a_p`` per frame: float64 [F, order] of log-mel frames [F, n_mels]."""
     spread, response = _envelope_basis(sample_rate, n_fft, n_mels, fmin, fmax, preemphasis)
-    magnitude = np.exp(np.asarray(log_mel, np.float64)) @ spread  # [F, bins]
+    log_mel = np.asarray(log_mel, np.float64)
+    # The predictor does not depend on the envelope's scale (the noise floor is relative too), so each frame is
+    # divided by its peak: any finite mel, however loud, gives finite coefficients (exp would overflow at ~710).
+    log_mel = log_mel - log_mel.max(axis=-1, keepdims=True)
+    magnitude = np.exp(log_mel) @ spread  # [F, bins]
     power = magnitude * magnitude * response
     r = np.fft.irfft(power, n=n_fft, axis=-1)[:, :order + 1]
     lag = np.arange(order + 1)

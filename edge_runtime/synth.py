@@ -74,6 +74,8 @@ class Synthesizer:
         # an excitation model: its samples go through the LPC synthesis filter of the mel's envelope first
         self._lpc = None if not manifest.lpc_order else lpc.Synthesis(manifest.lpc_order, int(cfg["hop_length"]),
                                                                       self.batch)
+        if self._lpc is not None:  # the front-end fields the predictor reads: a bad one fails here, not mid-stream
+            lpc.coefficients_for(np.zeros((1, int(cfg["n_mels"]))), cfg)
         # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
         self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None

@@ -65,6 +65,19 @@ def test_lpc_from_the_mel_finds_the_resonance_and_whitens():
     np.testing.assert_allclose(silent, 0, atol=1e-3)  # a flat (floor) spectrum predicts nothing
 
 
+def test_lpc_ignores_the_envelope_scale_and_survives_any_finite_mel():
+    mel = log_mel(resonance(1000.0, 0.97), **FRONT).astype(np.float64)  # float64: shifting it rounds nothing
+    args = dict(sample_rate=8000, n_fft=512, n_mels=80, fmin=0.0, fmax=4000.0, order=16, gamma=0.9, preemphasis=0.85)
+    a = lpc.lpc_from_mel(mel, **args)
+    # a louder or quieter recording of the same sound has the same predictor
+    for shift in (-30.0, 12.0, 900.0):  # exp(900) alone would overflow float64
+        np.testing.assert_allclose(lpc.lpc_from_mel(mel + shift, **args), a, rtol=1e-9, atol=1e-12)
+    wild = np.random.default_rng(2).uniform(-3e38, 3e38, mel.shape).astype(np.float32)  # a garbage mel file
+    wild_a = lpc.lpc_from_mel(wild, **args)
+    assert np.all(np.isfinite(wild_a))
+    assert all(np.all(np.abs(np.roots(np.concatenate([[1.0], row]))) < 1) for row in wild_a)  # still stable
+
+
 def test_synthesis_inverts_the_excitation_streaming_bit_for_bit():
     audio = preemphasize(resonance(700.0, 0.95, seed=2), 0.85)
     a = coefficients(audio, order=16, gamma=0.9, preemphasis=0.85)
@@ -130,3 +143,13 @@ def test_excitation_model_streams_and_scores_like_training(built, reference):
 def test_bad_lpc_postfilters_are_model_errors(built, tmp_path, change, message):
     with pytest.raises(ModelError, match=message):
         load_manifest(edited_model(built / "lpc", tmp_path, change))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["config"].pop("fmin"), "KeyError: 'fmin'"),
+    (lambda d: d["config"].update(n_fft="512"), "TypeError"),
+])
+def test_front_end_fields_the_predictor_reads_are_checked_at_load(built, tmp_path, change, message):
+    # found by tools/fuzz.py: without this a damaged field failed with a KeyError at the first mel frame
+    with pytest.raises(ModelError, match=f"malformed .*{message}"):
+        Synthesizer.load(edited_model(built / "lpc", tmp_path, change))

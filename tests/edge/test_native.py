@@ -1,5 +1,7 @@
 """The native engine (the compiled step loop, edge_runtime/_stepkernel.c) against LiteRT's step graph."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,9 +78,16 @@ def test_native_streaming_equals_offline_and_seeds_repeat(built, reference, fold
     assert not np.array_equal(np.concatenate(list(synth.stream(mel, seed=6, **kwargs))), offline)
 
 
-@pytest.mark.parametrize("folder, tolerance", [("default-float16", 1e-5), ("default", 2e-3)])
-def test_shipped_format_1_voices_score_the_same_through_both_engines(folder, tolerance):
-    # The shipped voices are format 1 (the conditioning enters every layer's product): native reads that too.
+FORMAT_1 = Path(__file__).resolve().parents[1] / "data" / "format1"  # the voices shipped before the LPC re-ship
+SHIPPED = Path(default_model_dir()).parent
+
+
+@pytest.mark.parametrize("folder, version, tolerance", [
+    (FORMAT_1 / "default-float16", 1, 1e-5), (FORMAT_1 / "default", 1, 2e-3),
+    (SHIPPED / "default-float16", 2, 1e-5), (SHIPPED / "default", 2, 2e-3), (SHIPPED / "pi", 2, 2e-3)])
+def test_voices_score_the_same_through_both_engines(folder, version, tolerance):
+    # Format 1 (the conditioning enters every layer's product; the voices shipped until the LPC re-ship, kept in
+    # tests/data as old model folders a user may have) and format 2 (per-layer gate inputs): native reads both.
     # Measured on one clip: float16 equal to 3e-8 bits; dynamic 4.59987 (native) vs 4.60136 bits (LiteRT): on a
     # trained voice an int8 code of some product's input rounds the other way now and then (the float sums
     # differ in order), and the history carries the difference on (as XNNPACK's ARM kernels do, docs/raspberry-pi.md).
@@ -90,8 +99,8 @@ def test_shipped_format_1_voices_score_the_same_through_both_engines(folder, tol
     pattern, speakers = f"^{re.escape(clip.name)}$", r"^\d+_(?P<speaker>[a-z]+)_\d+"
     results = {}
     for engine in ("native", "litert"):
-        synth = Synthesizer.load(default_model_dir().parent / folder, engine=engine)
-        assert synth.manifest.version == 1 and synth.engine.startswith(engine)
+        synth = Synthesizer.load(folder, engine=engine)
+        assert synth.manifest.version == version and synth.engine.startswith(engine)
         results[engine] = evaluate_folder(synth, clip.parent, speakers, pattern)
     assert results["native"]["samples"] == results["litert"]["samples"] > 1000
     assert abs(results["native"]["nll_bits_per_sample"] - results["litert"]["nll_bits_per_sample"]) < tolerance

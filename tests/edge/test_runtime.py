@@ -128,8 +128,9 @@ def test_int8_step_graph_is_edge_tpu_compatible(built):
 
 
 def test_format_versions(built, tmp_path):
-    # Exports write format 2; format 1 (the shipped voices) still runs (test_shipped.py). Any other version, or a
-    # graph that does not have the inputs its version says, is one clean ModelError.
+    # Exports write format 2; format 1 (the voices shipped until the LPC re-ship: tests/data/format1) still runs
+    # (test_native.py). Any other version, or a graph that does not have the inputs its version says, is one
+    # clean ModelError.
     import shutil
 
     from edge_runtime.errors import ModelError
