@@ -83,8 +83,8 @@ def training_curve_figure(training_json: Path, out: Path) -> None:
         ax.plot(*zip(*train), linestyle="--", label="training loss (last 250 steps)")
     ax.set_xlabel("step (batch 8 × 3200 scored samples)")
     ax.set_ylabel("bits per sample")
-    ax.set_title(f"preset {card['preset']}: {card['step']} steps, {card['wall_seconds'] / 3600:.1f} h on 2 CPU cores",
-                 fontsize=10)
+    # steps, not hours: a run resumed across sessions and paused for other jobs has a wall time that says little
+    ax.set_title(f"preset {card['preset']}: validation NLL up to step {card['step']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
