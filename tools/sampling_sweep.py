@@ -66,11 +66,10 @@ class FlooredSynthesizer(Synthesizer):
         gumbel = noise[:, 0] / self.temperature_now
         prev, t, samples = int(self._prev[0]), self._t, []
         if t == 0:
-            self._history = np.zeros(self._window + self._lags.stop)
-        sharpness = self._sharpness()
+            self._generated, self._c = [], 1.0  # decoded samples so far; c of the current mel frame
         for i in range(n):
-            if self.sharpen and t % self._hop == 0:
-                sharpness = self._sharpness()
+            if self.sharpen and t % self._hop == 0:  # once per frame, so chunking does not change c
+                self._c = self._sharpness()
             pos = t & mask
             flat[pos * n_layers] = self._embedding[prev]
             flat.take(self._take_rows[pos], axis=0, out=state)
@@ -78,19 +77,19 @@ class FlooredSynthesizer(Synthesizer):
                 cond_in[...] = cond[i]
             invoke()
             flat[pos * n_layers + 1:(pos + 1) * n_layers] = new
-            prev = self._draw(logits, gumbel[i], sharpness / self.temperature_now)
+            prev = self._draw(logits, gumbel[i], self._c / self.temperature_now)
             samples.append(prev)
-            self._history[:-1] = self._history[1:]
-            self._history[-1] = self._decode[prev]
+            self._generated.append(self._decode[prev])
             t += 1
         self._prev, self._t = np.array([prev]), t
         return np.array(samples, np.int64)[:, None]
 
     def _sharpness(self) -> float:
         """c = 1 + sharpen * max(0, 1.5 g - 0.5) from the voicing of the samples generated so far."""
-        if not self.sharpen:
-            return 1.0
-        g = voicing(self._history, self._window, self._lags)
+        span = self._window + self._lags.stop - 1
+        recent = self._generated[-span:]
+        history = np.concatenate([np.zeros(span - len(recent)), recent])  # silence before the first sample
+        g = voicing(history, self._window, self._lags)
         return 1.0 + self.sharpen * max(0.0, 1.5 * g - 0.5)
 
     def _draw(self, logits: np.ndarray, gumbel: np.ndarray, inv_t: float) -> int:
@@ -156,7 +155,8 @@ def main() -> None:
             per_clip.append({m: float(np.mean(v)) if (v := [s[m] for s in scores if s[m] is not None]) else None
                              for m in ("pesq", "stoi")})
         results[setting] = per_clip
-        print(f"T {temperature:g} floor {floor:g} sharpen {sharpen:g}: " + summary(per_clip, list(results.values())[0]), flush=True)
+        label = f"T {temperature:g} floor {floor:g} sharpen {sharpen:g}"
+        print(f"{label}: {summary(per_clip, list(results.values())[0])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "clips": len(clips), "results": results}, indent=1))
 

@@ -36,5 +36,10 @@ def test_sweep_loop_equals_runtime_sampling_at_the_temperature_it_means(built, m
     sharpened = _synthesize(synth, mel, 0.7, 0.0, 1.0)
     np.testing.assert_array_equal(sharpened, _synthesize(synth, mel, 0.35, 0.0, 0.0))
     assert not np.array_equal(sharpened, own)
+    # c changes only at mel-frame boundaries: the same samples however the stream is chunked
+    monkeypatch.setattr(sampling_sweep, "voicing", lambda history, *args: min(1.0, 20 * abs(history[-1])))
+    synth.configure(0.7, 0.0, 2.0)
+    chunked = [np.concatenate(list(synth.stream(mel, temperature=0.7, seed=3, block=b))) for b in (37, 512)]
+    np.testing.assert_array_equal(*chunked)
     # a floor of 0.5 keeps one class at most, else the most likely one: greedy decoding (the runtime's T 0)
     np.testing.assert_array_equal(_synthesize(synth, mel, 0.7, 0.5, 0.0), _synthesize(synth, mel, 0.0, 0.0, 0.0))
