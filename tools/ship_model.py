@@ -3,6 +3,8 @@
     python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings [--name pi --float16 no]
         [--int8-from runs/s_fsdd_qat]
 
+A checkpoint of a longer or still running run ships through ``tools/snapshot_run.py`` (a finished run of that step).
+
 Writes (each folder built under a temporary name and renamed into place):
 * ``edge_runtime/models/NAME/``: the ``dynamic`` variant (``default``: what ``Synthesizer.load()`` and ``synth``
   use); ``NAME-float16/`` (the float variant, unless ``--float16 no``) and ``NAME-int8/`` only if full int8
@@ -10,7 +12,7 @@ Writes (each folder built under a temporary name and renamed into place):
   the run's own int8 export, or with ``--int8-from`` that of its quantization-aware fine-tuning (its last
   checkpoint; ``train --qat-from RUN``);
 * ``edge_runtime/examples/``: one held-out clip per speaker, with ``ATTRIBUTION.md``;
-* ``edge_runtime/models/training.json`` (config, command, steps, wall time, curve) and ``reference.json``: the TF
+* ``edge_runtime/models/training.json`` (config, command, steps, wall and CPU time, curve) and ``reference.json``: the TF
   float32 NLL of two example clips, which the tests compare with the shipped variant through the edge runtime
   (for another NAME: ``NAME.training.json`` and ``NAME.reference.json``). The model card is written by hand.
 Needs the train extra (TensorFlow); the exported graphs are scored in a TF-free subprocess.
@@ -180,9 +182,10 @@ def main() -> None:
             "data": {**data, "train_files": info.get("train_files"), "val_files": info.get("val_files"),
                      "attribution": FSDD_ATTRIBUTION},
             "wall_seconds": history["wall_seconds"], "seconds_per_step": history["seconds_per_step"],
+            "cpu_seconds": info.get("cpu_seconds"), "snapshot_of": info.get("snapshot_of"),
             "curve": history["curve"], "export_report": report, "shipped": ship}
     write_json_atomic(args.out / f"{prefix}training.json", card)
-    print(json.dumps({k: card[k] for k in ("preset", "step", "best_val_nll_bits", "wall_seconds", "shipped")}))
+    print(json.dumps({k: card[k] for k in ("preset", "step", "best_val_nll_bits", "cpu_seconds", "shipped")}))
     print(f"reference NLL of {reference_clips}: {nll:.4f} bits/sample (TF float32)")
 
 

@@ -223,3 +223,53 @@ def load_model(run_dir: str | os.PathLike, which: str = "best", ema: bool = True
     model = build_model(config)
     assign_arrays(model.weights, load_ema(ckpt) if ema else _load_npz(ckpt / "weights.npz"), str(ckpt))
     return model, config, ckpt
+
+
+def snapshot_run(run_dir: str | os.PathLike, step: int, out: str | os.PathLike) -> Path:
+    """A finished run of ``step`` steps made from a longer (possibly still running) run: what QAT and shipping take.
+
+    ``out`` gets the source's config with ``steps`` = ``step``, its ``run.json`` (best checkpoint: this one; CPU
+    time up to it; ``snapshot_of`` naming the source), the validation log up to ``step`` and a copy of the
+    checkpoint. A cosine schedule is refused: it depends on the planned length, so the first ``step`` steps of a
+    longer run are not a ``step``-step run. Built under a temporary name and renamed, so ``out`` is whole or absent.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    config = load_run_config(run_dir)
+    if config.lr_schedule == "cosine":
+        raise CheckpointError(f"{run_dir} uses a cosine schedule over {config.steps} steps: its step {step} is not "
+                              "the end of a run (snapshot an exponential or inverse_time run, or finish it)")
+    ckpt = run_dir / "checkpoints" / f"{CKPT_PREFIX}{step:08d}"
+    if ckpt not in checkpoints(run_dir):
+        have = ", ".join(str(step_of(c)) for c in checkpoints(run_dir)) or "none"
+        raise CheckpointError(f"{run_dir} has no checkpoint at step {step} (have: {have})")
+    if out.exists():
+        raise CheckpointError(f"{out} exists: choose a new folder")
+    state, info = read_state(ckpt), read_run_info(run_dir)
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()] \
+        if (run_dir / "log.jsonl").exists() else []
+    log = [e for e in log if e.get("step", 0) <= step]
+    info.update(best_step=step, best_val_nll_bits=state.get("val_nll_bits"),
+                cpu_seconds=state.get("cpu_seconds", _cpu_seconds_estimate(log, step)),
+                snapshot_of={"run": str(run_dir.resolve()), "step": step, "planned_steps": config.steps})
+    tmp = out.with_name(f".{out.name}.snapshot-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints").mkdir(parents=True)
+    try:
+        shutil.copytree(ckpt, tmp / "checkpoints" / ckpt.name)
+        config.replace(steps=step).to_json(tmp / "config.json")
+        write_json_atomic(tmp / "run.json", info)
+        write_text_atomic(tmp / "log.jsonl", "".join(json.dumps(e) + "\n" for e in log))
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _cpu_seconds_estimate(log: list[dict], step: int) -> float | None:
+    """CPU time at ``step`` from the last validation before it, at that stretch's pace (checkpoints written
+    before ``cpu_seconds`` was saved in them)."""
+    timed = [e for e in log if e.get("cpu_seconds") is not None and e.get("step")]
+    if not timed:
+        return None
+    last = timed[-1]
+    return last["cpu_seconds"] * step / last["step"]

@@ -143,7 +143,7 @@ class RunFolder:
         if val_nll is not None and val_nll < self.best_nll:
             self.best_step, self.best_nll = step, val_nll
         ckpt_io.save_checkpoint(self.dir, step, learner.saved, learner.saved_ema, learner.optimizer.variables,
-                                {"val_nll_bits": val_nll, **extra})
+                                {"val_nll_bits": val_nll, "cpu_seconds": self.cpu_seconds(), **extra})
         self.info.update(best_step=self.best_step, cpu_seconds=self.cpu_seconds(),
                          best_val_nll_bits=None if math.isinf(self.best_nll) else self.best_nll)
         ckpt_io.write_json_atomic(self.dir / "run.json", self.info)
