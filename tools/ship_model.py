@@ -66,7 +66,10 @@ def training_history(run: Path) -> dict:
     curve = [{"step": e["step"], "val_nll_bits": e["val_nll_bits"], "train_loss_bits": e.get("train_loss_bits")}
              for e in entries if "val_nll_bits" in e and "step" in e and "time" in e]
     timed = [e for e in entries if "time" in e and "step" in e]
-    per_step = sorted((b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(timed, timed[1:])
+    # the typical pace from CPU time where logged (a stretch with a pause in it has the same CPU time as one
+    # without: with validations every few hundred steps, most stretches of a paused run hold a pause)
+    clock = "cpu_seconds" if all(e.get("cpu_seconds") is not None for e in timed) else "time"
+    per_step = sorted((b[clock] - a[clock]) / (b["step"] - a["step"]) for a, b in zip(timed, timed[1:])
                       if b["step"] > a["step"])
     typical = per_step[len(per_step) // 2] if per_step else 0.0
     seconds = 0.0
