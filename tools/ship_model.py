@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.export import export, portable_data, replace_folder  # noqa: E402
+from edge_runtime.files import portable_path  # noqa: E402
 from training.checkpoint import load_model, read_run_info, write_json_atomic  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import load_utterances  # noqa: E402
@@ -80,6 +81,11 @@ def training_history(run: Path) -> dict:
             seconds += dt if dt < 3 * typical * (b["step"] - a["step"]) else typical * (b["step"] - a["step"])
     seconds += typical * (timed[0]["step"] if timed else 0)  # steps before the first log line
     return {"curve": curve, "wall_seconds": seconds, "seconds_per_step": typical}
+
+
+def portable_snapshot(source: dict | None) -> dict | None:
+    """``run.json``'s ``snapshot_of`` (tools/snapshot_run.py) without an absolute path of this machine."""
+    return None if source is None else {**source, "run": portable_path(source["run"], REPO)}
 
 
 def check_qat_source(qat_run: Path, run: Path, checkpoint: str) -> None:
@@ -185,7 +191,7 @@ def main() -> None:
             "data": {**data, "train_files": info.get("train_files"), "val_files": info.get("val_files"),
                      "attribution": FSDD_ATTRIBUTION},
             "wall_seconds": history["wall_seconds"], "seconds_per_step": history["seconds_per_step"],
-            "cpu_seconds": info.get("cpu_seconds"), "snapshot_of": info.get("snapshot_of"),
+            "cpu_seconds": info.get("cpu_seconds"), "snapshot_of": portable_snapshot(info.get("snapshot_of")),
             "curve": history["curve"], "export_report": report, "shipped": ship}
     write_json_atomic(args.out / f"{prefix}training.json", card)
     print(json.dumps({k: card[k] for k in ("preset", "step", "best_val_nll_bits", "cpu_seconds", "shipped")}))
