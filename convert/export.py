@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.calibration import calibration_samples
-from edge_runtime.errors import WavenetEdgeError
+from edge_runtime.errors import WavenetEdgeError, first_line
 from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.files import portable_path, remove_stale_temporaries
 from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array, sha256_file
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
                         log=lambda m: print(m, file=sys.stderr))
     except (OSError, WavenetEdgeError) as e:
         hint = OutputExists.HINT if isinstance(e, OutputExists) else ""
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}{hint}", file=sys.stderr)
+        print(f"error: {first_line(e)}{hint}", file=sys.stderr)
         sys.exit(2)
     print(format_report(report))
     print(f"wrote {args.out_dir}")

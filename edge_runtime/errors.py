@@ -10,6 +10,11 @@ class WavenetEdgeError(ValueError):
     """Base class of all our errors: expected bad input, not a bug."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line (its first), or its type's name when it has none."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 class EdgeError(WavenetEdgeError):
     """An error of the edge runtime."""
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.errors import ModelError
+from edge_runtime.errors import ModelError, first_line
 from edge_runtime.interpreter import make_interpreter
 
 
@@ -54,7 +54,7 @@ class Graph:
         try:  # one run on zero inputs (harmless: the graphs keep no state): a damaged graph fails here, not mid-stream
             self.interpreter.invoke()
         except (RuntimeError, ValueError) as e:
-            raise ModelError(f"{path.name} does not run: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise ModelError(f"{path.name} does not run: {first_line(e)}") from None
 
     def bind(self) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
         """Numpy views of every port's buffer, and a raw invoke: a hot loop then copies nothing through Python.

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from edge_runtime.errors import DeviceError, ModelError
+from edge_runtime.errors import DeviceError, ModelError, first_line
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 
@@ -92,7 +92,7 @@ def make_interpreter(path: str | os.PathLike, device: str = "cpu", threads: int 
                 finally:
                     gc.collect()  # a failed Delegate's __del__ complains on stderr: let it do so in here
         except (OSError, ValueError, RuntimeError) as e:
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            detail = first_line(e)
             raise DeviceError(f"cannot use the Edge TPU ({device}): {EDGETPU_LIBRARY} or the device is missing "
                               f"({detail}); install libedgetpu1-std from Coral's package repository") from None
     path = Path(path)

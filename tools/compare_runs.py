@@ -11,16 +11,17 @@ is listed, but needs an audio score (tools/quality_report.py) to be compared.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.checkpoint import read_log  # noqa: E402
 
 
 def history(run: Path) -> list[dict]:
     """(cpu_seconds, step, val_nll_bits) of every validation with a CPU time, in order."""
-    lines = (run / "log.jsonl").read_text().splitlines()
-    entries = [json.loads(line) for line in lines if line.strip()]
-    return [e for e in entries if e.get("cpu_seconds") is not None and e.get("val_nll_bits") is not None]
+    return [e for e in read_log(run) if e.get("cpu_seconds") is not None and e.get("val_nll_bits") is not None]
 
 
 def at_budget(entries: list[dict], cpu_seconds: float) -> dict | None:

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from edge_runtime.errors import WavenetEdgeError  # noqa: E402
+from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from edge_runtime.files import remove_stale_temporaries, temporary_sibling  # noqa: E402
 from edge_runtime.manifest import load_manifest  # noqa: E402
 
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(json.dumps(recover(args.model_dir, args.out, args.data)))
     except (OSError, WavenetEdgeError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.export import export, portable_data, replace_folder  # noqa: E402
 from edge_runtime.files import portable_path  # noqa: E402
-from training.checkpoint import load_model, read_run_info, write_json_atomic  # noqa: E402
+from training.checkpoint import load_model, read_log, read_run_info, read_state, write_json_atomic  # noqa: E402
 from training.config import Config  # noqa: E402
 from training.data import load_utterances  # noqa: E402
 from training.evaluate import NLLScorer  # noqa: E402
@@ -63,7 +63,7 @@ def training_command(config: Config, data: dict) -> str:
 
 def training_history(run: Path) -> dict:
     """Validation curve and wall time from the run's log (pauses between resumed sessions left out)."""
-    entries = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    entries = read_log(run)
     curve = [{"step": e["step"], "val_nll_bits": e["val_nll_bits"], "train_loss_bits": e.get("train_loss_bits")}
              for e in entries if "val_nll_bits" in e and "step" in e and "time" in e]
     timed = [e for e in entries if "time" in e and "step" in e]
@@ -144,7 +144,7 @@ def main() -> None:
     info = read_run_info(args.run)
     data = portable_data(info.get("data", {}), base=REPO)  # shipped files hold no absolute path of this machine
     model, config, ckpt = load_model(args.run, args.checkpoint)
-    step = json.loads((ckpt / "state.json").read_text())["step"]
+    step = read_state(ckpt)["step"]
     if args.int8_from:
         check_qat_source(args.int8_from, args.run, ckpt.name)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_runtime.errors import WavenetEdgeError  # noqa: E402
+from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from training.checkpoint import snapshot_run  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = snapshot_run(args.run, args.step, args.out)
     except (OSError, WavenetEdgeError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps({"run": str(out), "step": args.step, **json.loads((out / "run.json").read_text())["snapshot_of"]}))
     return 0

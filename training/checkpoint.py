@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import WavenetEdgeError
-from edge_runtime.files import write_text_atomic
+from edge_runtime.files import remove_stale_temporaries, temporary_sibling, write_text_atomic
 from training.config import Config
 
 CKPT_PREFIX = "ckpt-"
@@ -191,6 +191,17 @@ def find_checkpoint(run_dir: str | os.PathLike, which: str = "best") -> Path:
     return ckpts[-1]
 
 
+def read_log(run_dir: str | os.PathLike) -> list[dict]:
+    """The entries of the run's ``log.jsonl`` (one per validation), oldest first; empty if it has none yet."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
 def read_run_info(run_dir: Path) -> dict:
     """The run's ``run.json`` (empty if absent)."""
     path = Path(run_dir) / "run.json"
@@ -245,14 +256,12 @@ def snapshot_run(run_dir: str | os.PathLike, step: int, out: str | os.PathLike) 
     if out.exists():
         raise CheckpointError(f"{out} exists: choose a new folder")
     state, info = read_state(ckpt), read_run_info(run_dir)
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()] \
-        if (run_dir / "log.jsonl").exists() else []
-    log = [e for e in log if e.get("step", 0) <= step]
+    log = [e for e in read_log(run_dir) if e.get("step", 0) <= step]
     info.update(best_step=step, best_val_nll_bits=state.get("val_nll_bits"),
                 cpu_seconds=state.get("cpu_seconds", _cpu_seconds_estimate(log, step)),
                 snapshot_of={"run": str(run_dir.resolve()), "step": step, "planned_steps": config.steps})
-    tmp = out.with_name(f".{out.name}.snapshot-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temporaries(out, ("snapshot",))
+    tmp = temporary_sibling(out, "snapshot")
     (tmp / "checkpoints").mkdir(parents=True)
     try:
         shutil.copytree(ckpt, tmp / "checkpoints" / ckpt.name)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from edge_runtime.errors import WavenetEdgeError
+from edge_runtime.errors import WavenetEdgeError, first_line
 
 EXIT_BAD_INPUT = 2
 
@@ -23,7 +23,7 @@ def clean_errors(fn):
         except click.exceptions.ClickException:
             raise
         except (OSError, WavenetEdgeError) as e:  # every error of ours derives from WavenetEdgeError
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            message = first_line(e)
             click.echo(f"error: {message}", err=True)
             sys.exit(EXIT_BAD_INPUT)
 

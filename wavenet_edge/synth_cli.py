@@ -38,12 +38,12 @@ def _sigterm_unwinds():
 
 
 def _load_mel(path: str) -> np.ndarray:
-    from edge_runtime.errors import InputError
+    from edge_runtime.errors import InputError, first_line
 
     try:
         mel = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, SyntaxError, TokenError) as e:  # numpy parses the header as Python literals
-        raise InputError(f"cannot read mel file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise InputError(f"cannot read mel file {path}: {first_line(e)}") from None
     if mel.ndim != 2 or not np.issubdtype(mel.dtype, np.floating):
         raise InputError(f"{path}: mel must be a float array [frames, n_mels], got {mel.dtype} {mel.shape}")
     return mel
