@@ -136,10 +136,12 @@ def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarra
     return out
 
 
-@pytest.mark.parametrize("kernel_size, mel, speaker", [(2, True, True), (3, True, True), (2, False, True),
-                                                        (2, True, False), (2, False, False)])
-def test_step_loop_matches_full_model(tiny_config, kernel_size, mel, speaker):
-    changes = {"kernel_size": kernel_size}
+@pytest.mark.parametrize("kernel_size, mel, speaker, cond_layers", [
+    (2, True, True, 1), (3, True, True, 1), (2, False, True, 1), (2, True, False, 1), (2, False, False, 1),
+    (2, True, True, 3),  # a deeper frame-rate conditioner: three frames of context on each side, not one
+])
+def test_step_loop_matches_full_model(tiny_config, kernel_size, mel, speaker, cond_layers):
+    changes = {"kernel_size": kernel_size, "cond_layers": cond_layers}
     changes.update({} if mel else {"n_mels": 0})
     changes.update({} if speaker else {"speaker_dim": 0, "speakers": ()})
     config = tiny_config.replace(**changes)
