@@ -25,11 +25,14 @@ from edge_runtime.native import kernel_module
 MAX_ORDER = 32  # the compiled synthesis filter holds at most 64 past samples; the manifest and Config check it
 NOISE_FLOOR = 1e-4  # added to r[0] relative: -40 dB of white noise keeps the normal equations well conditioned
 LAG_WINDOW_HZ = 60.0  # Gaussian lag window's bandwidth: smooths the envelope's sharpest peaks
+MAX_FFT = 16384  # ~1 s at 16 kHz: far above any speech front end, low enough that the envelope basis stays small
 
 
 def lpc_from_mel(log_mel: np.ndarray, *, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
                  order: int, gamma: float, preemphasis: float = 0.0) -> np.ndarray:
     """Prediction coefficients ``a_1..a_p`` per frame: float64 [F, order] of log-mel frames [F, n_mels]."""
+    if not 2 <= n_fft <= MAX_FFT:  # a damaged manifest: an n_fft of 512 000 asked the basis for 164 MB and worse
+        raise ValueError(f"n_fft must be in [2, {MAX_FFT}], got {n_fft}")
     spread, response = _envelope_basis(sample_rate, n_fft, n_mels, fmin, fmax, preemphasis)
     log_mel = np.asarray(log_mel, np.float64)
     # The predictor does not depend on the envelope's scale (the noise floor is relative too), so each frame is
@@ -53,7 +56,10 @@ def _envelope_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax
     weight = bank.sum(axis=1)
     # Bins no band covers take the nearest covered bin's value.
     covered = np.flatnonzero(weight > 0)
-    nearest = covered[np.abs(np.arange(bank.shape[0])[:, None] - covered[None, :]).argmin(axis=1)]
+    bins = np.arange(bank.shape[0])
+    right = covered[np.minimum(np.searchsorted(covered, bins), covered.size - 1)]
+    left = covered[np.maximum(np.searchsorted(covered, bins) - 1, 0)]
+    nearest = np.where(np.abs(bins - left) <= np.abs(right - bins), left, right)  # a tie goes to the lower bin
     spread = bank[nearest] / weight[nearest, None]  # [bins, n_mels], rows sum to 1
     omega = np.pi * np.arange(bank.shape[0]) / (bank.shape[0] - 1)
     response = 1.0 + preemphasis * preemphasis - 2.0 * preemphasis * np.cos(omega)

@@ -47,6 +47,21 @@ def test_levinson_solves_the_normal_equations():
         np.testing.assert_allclose(a[frame], np.linalg.solve(toeplitz, -r[frame, 1:11]), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("rate, n_fft, n_mels, fmin, fmax", [
+    (8000, 512, 80, 0.0, 4000.0), (16000, 1024, 80, 300.0, 7000.0), (8000, 128, 16, 100.0, 3000.0)])
+def test_uncovered_bins_take_the_nearest_covered_bins_envelope(rate, n_fft, n_mels, fmin, fmax):
+    from edge_runtime.audio import mel_filterbank
+
+    bank = mel_filterbank(rate, n_fft, n_mels, fmin, fmax)
+    weight = bank.sum(axis=1)
+    covered = np.flatnonzero(weight > 0)
+    assert covered.size < bank.shape[0]  # some bins (below fmin, above fmax, or between narrow bands) uncovered
+    # the definition, by brute force over all pairs: the closest covered bin, the lower one on a tie
+    nearest = covered[np.abs(np.arange(bank.shape[0])[:, None] - covered[None, :]).argmin(axis=1)]
+    basis, _ = lpc._envelope_basis(rate, n_fft, n_mels, fmin, fmax, 0.0)
+    np.testing.assert_array_equal(basis.T, bank[nearest] / weight[nearest, None])
+
+
 def test_lpc_from_the_mel_finds_the_resonance_and_whitens():
     audio = resonance(1000.0, 0.97)
     a = coefficients(audio)
@@ -148,6 +163,8 @@ def test_bad_lpc_postfilters_are_model_errors(built, tmp_path, change, message):
 @pytest.mark.parametrize("change, message", [
     (lambda d: d["config"].pop("fmin"), "KeyError: 'fmin'"),
     (lambda d: d["config"].update(n_fft="512"), "TypeError"),
+    # found by tools/fuzz.py: an n_fft of 512 000 made the envelope basis ask for 488 GiB (a MemoryError)
+    (lambda d: d["config"].update(n_fft=512000), r"ValueError: n_fft must be in \[2, 16384\], got 512000"),
 ])
 def test_front_end_fields_the_predictor_reads_are_checked_at_load(built, tmp_path, change, message):
     # found by tools/fuzz.py: without this a damaged field failed with a KeyError at the first mel frame
