@@ -31,8 +31,6 @@ MAX_FFT = 16384  # ~1 s at 16 kHz: far above any speech front end, low enough th
 def lpc_from_mel(log_mel: np.ndarray, *, sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
                  order: int, gamma: float, preemphasis: float = 0.0) -> np.ndarray:
     """Prediction coefficients ``a_1..a_p`` per frame: float64 [F, order] of log-mel frames [F, n_mels]."""
-    if not 2 <= n_fft <= MAX_FFT:  # a damaged manifest: an n_fft of 512 000 asked the basis for 164 MB and worse
-        raise ValueError(f"n_fft must be in [2, {MAX_FFT}], got {n_fft}")
     spread, response = _envelope_basis(sample_rate, n_fft, n_mels, fmin, fmax, preemphasis)
     log_mel = np.asarray(log_mel, np.float64)
     # The predictor does not depend on the envelope's scale (the noise floor is relative too), so each frame is
@@ -52,16 +50,19 @@ def _envelope_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax
                     preemphasis: float) -> tuple[np.ndarray, np.ndarray]:
     """(mel → bins matrix [n_mels, bins], power response [bins] of the pre-emphasis filter): the same for every
     frame of a model, so computed once (a live stream asks for one frame at a time)."""
+    if not 2 <= n_fft <= MAX_FFT:  # a damaged manifest's n_fft would size the filterbank and this basis
+        raise ValueError(f"n_fft must be in [2, {MAX_FFT}], got {n_fft}")
     bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)  # [bins, n_mels]
     weight = bank.sum(axis=1)
     # Bins no band covers take the nearest covered bin's value.
     covered = np.flatnonzero(weight > 0)
     bins = np.arange(bank.shape[0])
-    right = covered[np.minimum(np.searchsorted(covered, bins), covered.size - 1)]
-    left = covered[np.maximum(np.searchsorted(covered, bins) - 1, 0)]
+    above = np.searchsorted(covered, bins)  # index of the first covered bin >= each bin
+    right = covered[np.minimum(above, covered.size - 1)]
+    left = covered[np.maximum(above - 1, 0)]
     nearest = np.where(np.abs(bins - left) <= np.abs(right - bins), left, right)  # a tie goes to the lower bin
     spread = bank[nearest] / weight[nearest, None]  # [bins, n_mels], rows sum to 1
-    omega = np.pi * np.arange(bank.shape[0]) / (bank.shape[0] - 1)
+    omega = np.pi * bins / (bank.shape[0] - 1)
     response = 1.0 + preemphasis * preemphasis - 2.0 * preemphasis * np.cos(omega)
     basis = spread.T
     basis.flags.writeable = response.flags.writeable = False  # shared by every caller: read-only
