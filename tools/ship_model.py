@@ -83,6 +83,50 @@ def training_history(run: Path) -> dict:
     return {"curve": curve, "wall_seconds": seconds, "seconds_per_step": typical}
 
 
+def previous_card(info: dict, out: Path, prefix: str) -> tuple[dict, dict] | None:
+    """A fine-tune (``train --finetune-from``) of a run recovered from this voice's shipped float export: (where
+    it was recovered from, the shipped card it continues), else None. The card must describe the recovered
+    checkpoint, so that the shipped history stays one voice's."""
+    source = info.get("finetune_from")
+    if not source:
+        return None
+    recovered = read_run_info(Path(source["run"])).get("recovered_from")
+    path = out / f"{prefix}training.json"
+    if not recovered or not path.exists():
+        raise SystemExit(f"error: {source['run']} is not a run recovered from the voice shipped in {out} "
+                         "(tools/recover_run.py): its training history is unknown")
+    card = json.loads(path.read_text())
+    own_steps = card["finetune"]["steps"] if "finetune" in card else card.get("step")
+    if card.get("checkpoint") != recovered["checkpoint"] or own_steps != source["step"]:
+        raise SystemExit(f"error: {path} describes {card.get('checkpoint')}, not the recovered "
+                         f"{recovered['checkpoint']} that {source['run']} holds")
+    return recovered, card
+
+
+def continued_card(card: dict, previous: tuple[dict, dict] | None, info: dict, data: dict) -> dict:
+    """The card of a fine-tune continues its source's: the steps, CPU time and curve of both, the fine-tune's
+    own command (its schedule), and the shipped card it started from (less its export report)."""
+    if previous is None:
+        return card
+    recovered, old = previous
+    offset = old["step"]  # every step the voice has had, earlier fine-tunes included
+    curve = old["curve"] + [{**c, "step": c["step"] + offset} for c in card["curve"]]
+    command = (f"python tools/recover_run.py edge_runtime/models/{recovered['model']} --out SOURCE_RUN --data "
+               f"{data.get('data_dir')}; wavenet-edge train --finetune-from SOURCE_RUN --out RUN_DIR "
+               f"--steps {card['step']} " + " ".join(finetune_sets(card["config"], old["config"])))
+    return {**card, "step": offset + card["step"], "curve": curve, "training_command": command.strip(),
+            "cpu_seconds": (old.get("cpu_seconds") or 0) + (info.get("cpu_seconds") or 0),
+            "wall_seconds": (old.get("wall_seconds") or 0) + card["wall_seconds"],
+            "finetune": {"steps": card["step"], "from_step": offset, "checkpoint": card["checkpoint"],
+                         "cpu_seconds": info.get("cpu_seconds"), "wall_seconds": card["wall_seconds"]},
+            "continues": {k: v for k, v in old.items() if k not in ("export_report", "config", "curve")}}
+
+
+def finetune_sets(config: dict, source: dict) -> list[str]:
+    """The ``--set`` options of a fine-tune: its fields that differ from its source's (besides ``steps``)."""
+    return [f"--set {k}={v}" for k, v in config.items() if k != "steps" and source.get(k) != v]
+
+
 def portable_snapshot(source: dict | None) -> dict | None:
     """``run.json``'s ``snapshot_of`` (tools/snapshot_run.py) without an absolute path of this machine."""
     return None if source is None else {**source, "run": portable_path(source["run"], REPO)}
@@ -147,6 +191,7 @@ def main() -> None:
     step = read_state(ckpt)["step"]
     if args.int8_from:
         check_qat_source(args.int8_from, args.run, ckpt.name)
+    previous = previous_card(info, args.out, prefix)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         tmp = Path(tmp)
@@ -193,6 +238,7 @@ def main() -> None:
             "wall_seconds": history["wall_seconds"], "seconds_per_step": history["seconds_per_step"],
             "cpu_seconds": info.get("cpu_seconds"), "snapshot_of": portable_snapshot(info.get("snapshot_of")),
             "curve": history["curve"], "export_report": report, "shipped": ship}
+    card = continued_card(card, previous, info, data)
     write_json_atomic(args.out / f"{prefix}training.json", card)
     print(json.dumps({k: card[k] for k in ("preset", "step", "best_val_nll_bits", "cpu_seconds", "shipped")}))
     print(f"reference NLL of {reference_clips}: {nll:.4f} bits/sample (TF float32)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import WavenetEdgeError
-from edge_runtime.lpc import MAX_ORDER as MAX_LPC_ORDER
+from edge_runtime.lpc import MAX_FFT as MAX_LPC_FFT, MAX_ORDER as MAX_LPC_ORDER
 
 
 class ConfigError(WavenetEdgeError):
@@ -250,6 +250,8 @@ class Config:
             need(self.log_floor > 0, "log_floor must be > 0")
             need(self.lpc_order < self.hop_length,
                  f"lpc_order ({self.lpc_order}) must be below the frame size (hop_length {self.hop_length})")
+            need(not self.lpc_order or self.n_fft <= MAX_LPC_FFT,  # else it trains, then the runtime refuses it
+                 f"lpc_order needs n_fft <= {MAX_LPC_FFT} (the runtime's LPC envelope), got {self.n_fft}")
             need(self.cond_channels > 0 and self.cond_layers >= 0, "cond_channels > 0 and cond_layers >= 0")
 
 

@@ -1,9 +1,16 @@
-"""Quantization-aware fine-tuning of a finished float run: ``wavenet-edge train --qat-from RUN_DIR --out NEW_RUN``.
+"""Fine-tuning a finished float run: ``wavenet-edge train --qat-from RUN_DIR --out NEW_RUN`` (quantization-aware)
+or ``--finetune-from RUN_DIR`` (float: a new schedule from the run's weights, e.g. one rebuilt by tools/recover_run.py
+from a shipped model after its checkpoints were lost).
 
-The new run is a run folder like any other (resumed by the same command), whose config is the source's with
+A float fine-tune starts from the source's final EMA weights with a fresh optimizer at step 0, so Adam's bias
+correction and the warm-up (``--set warmup_steps=N``) apply: resuming the source instead would continue its
+schedule with zeroed moments and no bias correction, i.e. a few hundred steps at up to several times its rate.
+Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only).
+
+The QAT run is a run folder like any other (resumed by the same command), whose config is the source's with
 ``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
-scales (``qat_state_scales``) and the learning rate the source ended with. It starts from the source's final EMA weights; forward passes over
-``qat_calibration_batches`` training batches set the int8 ranges before the first step. ``export --quantize int8``
+scales (``qat_state_scales``) and the learning rate the source ended with. It starts from the source's final EMA
+weights; forward passes over ``qat_calibration_batches`` training batches set the int8 ranges before the first step. ``export --quantize int8``
 of it then uses the learned ranges. Everything is checked before anything is written.
 """
 
@@ -18,7 +25,7 @@ from edge_runtime.errors import WavenetEdgeError
 from training import checkpoint as ckpt_io
 from training.config import Config
 
-# What a QAT run may set differently from its float source: the schedule and bookkeeping of training, never
+# What a fine-tuning run may set differently from its float source: the schedule and bookkeeping of training, never
 # anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
 TUNABLE = frozenset({
     "batch_size", "segment_length", "lr_schedule", "learning_rate", "lr_decay_rate", "lr_decay_steps", "lr_min",
@@ -28,7 +35,7 @@ TUNABLE = frozenset({
 
 
 class QATError(WavenetEdgeError):
-    """A QAT run cannot start from the given source or into the given folder (the message says why)."""
+    """A fine-tuning (QAT or float) run cannot start from the given source or into the given folder (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -60,25 +67,28 @@ class QATSource:
 
         return float(DecaySchedule(self.config)(self.config.steps))
 
-    def qat_config(self, overrides: list[str], steps: int, preset: str | None = None) -> Config:
-        """The QAT run's config: the source's, ``qat`` on, its final learning rate, then ``overrides`` (``--set``).
+    def qat_config(self, overrides: list[str], steps: int, preset: str | None = None, qat: bool = True) -> Config:
+        """The new run's config: the source's, ``qat`` as asked (QAT: per-layer state scales, no mixed precision),
+        its final learning rate, then ``overrides`` (``--set``).
 
         Raises QATError for another architecture: a ``preset`` other than the source's, or an override of a field
         outside :data:`TUNABLE`.
         """
         if preset is not None and preset != self.config.name:
-            raise QATError(f"{self.run_dir} is a {self.config.name!r} model, not {preset!r}: a QAT run keeps the "
-                           "architecture of its source")
+            raise QATError(f"{self.run_dir} is a {self.config.name!r} model, not {preset!r}: a fine-tuning run keeps "
+                           "the architecture of its source")
         lr = max(float(f"{self.final_learning_rate():.6g}"), self.config.lr_min)
-        base = self.config.replace(qat=True, mixed_precision="none", learning_rate=lr, qat_state_scales="per_layer")
+        base = self.config.replace(learning_rate=lr)
+        if qat:
+            base = base.replace(qat=True, mixed_precision="none", qat_state_scales="per_layer")
         config = base.with_overrides(overrides).replace(steps=steps)
-        if not config.qat:
-            raise QATError("qat=false contradicts --qat-from")
+        if config.qat != qat:
+            raise QATError(f"qat={str(config.qat).lower()} contradicts --{'qat' if qat else 'finetune'}-from")
         a, b = self.config.to_dict(), config.to_dict()
         changed = [k for k in a if k not in TUNABLE | {"qat"} and a[k] != b[k]]
         if changed:
             k = changed[0]
-            raise QATError(f"a QAT run keeps the architecture and data of its source: {k} is {a[k]!r} in "
+            raise QATError(f"a fine-tuning run keeps the architecture and data of its source: {k} is {a[k]!r} in "
                            f"{self.run_dir}, {b[k]!r} requested")
         return config
 
@@ -93,18 +103,19 @@ class QATSource:
         return DataArgs(**{k: v for k, v in data.items() if k in fields})
 
     def record(self) -> dict:
-        """The provenance stored in the QAT run's ``run.json``."""
+        """The provenance stored in the new run's ``run.json`` (under :func:`provenance_key`)."""
         return {"run": str(self.run_dir.resolve()), "checkpoint": self.checkpoint.name,
                 "step": ckpt_io.step_of(self.checkpoint)}
 
-    def check_target(self, run_dir: str | os.PathLike) -> None:
-        """An existing ``run_dir`` must be a QAT run of this source (then it is resumed)."""
+    def check_target(self, run_dir: str | os.PathLike, qat: bool = True) -> None:
+        """An existing ``run_dir`` must be a fine-tuning run of this source, of the same kind (then it is resumed)."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").exists():
             return
-        if not ckpt_io.load_run_config(run_dir).qat:
-            raise QATError(f"{run_dir} is a float run: choose a new --out for the QAT run")
-        source = ckpt_io.read_run_info(run_dir).get("qat_from", {}).get("run")
+        if ckpt_io.load_run_config(run_dir).qat != qat:
+            kinds = ("a float run", "the QAT run") if qat else ("a QAT run", "the fine-tuning run")
+            raise QATError(f"{run_dir} is {kinds[0]}: choose a new --out for {kinds[1]}")
+        source = ckpt_io.read_run_info(run_dir).get(provenance_key(qat), {}).get("run")
         if source != self.record()["run"]:
             raise QATError(f"{run_dir} fine-tunes another run ({source}): choose a new --out")
 
@@ -115,28 +126,38 @@ class QATSource:
             e.assign(v)
 
 
+def provenance_key(qat: bool) -> str:
+    """The ``run.json`` key naming a fine-tuning run's source."""
+    return "qat_from" if qat else "finetune_from"
+
+
 def prepare(source_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: list[str], steps: int | None,
-            preset: str | None, data=None):
-    """Checks a ``--qat-from`` request and returns (config, data args, source) for :func:`training.train.train`.
+            preset: str | None, data=None, qat: bool = True):
+    """Checks a ``--qat-from`` (``qat``) or ``--finetune-from`` request and returns (config, data args, source)
+    for :func:`training.train.train`.
 
     ``preset``: the preset named on the command line (None when not named); ``data``: DataArgs, or None for the
     source's.
     """
     if steps is None:
-        raise QATError("--qat-from needs --steps (the number of fine-tuning steps)")
+        raise QATError(f"--{'qat' if qat else 'finetune'}-from needs --steps (the number of fine-tuning steps)")
     source = QATSource.open(source_dir)
-    config = source.qat_config(overrides, steps, preset)
-    source.check_target(run_dir)
+    config = source.qat_config(overrides, steps, preset, qat)
+    source.check_target(run_dir, qat)
     return config, data or source.data_args(), source
 
 
-def start_qat(learner, source: QATSource | None, batches, strategy, log) -> None:
-    """The start of a QAT run: the source's weights (if any), then the ranges from forward passes (no step)."""
+def start_run(learner, source: QATSource | None, batches, strategy, log) -> None:
+    """The start of a fine-tuning or QAT run: the source's weights (if any), then a QAT model's int8 ranges from
+    forward passes (no step)."""
     import tensorflow as tf
 
+    qat = learner.model.config.qat
     if source is not None:
         source.load_into(learner)
-        log(f"QAT from {source.run_dir} ({source.checkpoint.name}, EMA weights)")
+        log(f"{'QAT' if qat else 'fine-tuning'} from {source.run_dir} ({source.checkpoint.name}, EMA weights)")
+    if not qat:
+        return
     n = learner.model.config.qat_calibration_batches
 
     @tf.function

@@ -22,6 +22,7 @@ from training.data import (Corpus, load_corpus, noisy_history, scored_span, segm
                            window_frames)
 from training.evaluate import NLLScorer, utterance_inputs
 from training.model import build_model
+from training.qat import provenance_key, start_run
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,7 @@ class StopSignals:
 
 
 def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strategy: tf.distribute.Strategy | None = None,
-          progress: bool = True, log=print, qat_from=None) -> dict:
+          progress: bool = True, log=print, source=None) -> dict:
     """Trains (or resumes) a run and returns a summary dict.
 
     Args:
@@ -272,7 +273,7 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
         strategy: a tf.distribute strategy (default: :func:`choose_strategy`).
         progress: show the progress line on stderr.
         log: where one-line messages go.
-        qat_from: a :class:`training.qat.QATSource`: a new run starts from its weights (``config.qat`` runs).
+        source: a :class:`training.qat.QATSource`: a new run starts from its weights (QAT, or a float fine-tune).
 
     Returns:
         {"step", "best_step", "val_nll_bits", "samples_per_s", "receptive_field", "interrupted", ...}.
@@ -285,8 +286,8 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
     if config.use_speaker and not config.speakers:
         config = config.replace(speakers=corpus.speakers)
     run = RunFolder(run_dir, config, data, corpus)
-    if qat_from is not None:
-        run.info["qat_from"] = qat_from.record()
+    if source is not None:
+        run.info[provenance_key(config.qat)] = source.record()
         ckpt_io.write_json_atomic(run.dir / "run.json", run.info)
     rf = receptive_field(config)
     log(f"receptive field {rf} samples ({1000 * rf / config.sample_rate:.1f} ms); {len(corpus.train)} training and "
@@ -294,10 +295,8 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
     learner = Learner(config, strategy)
     fresh = not ckpt_io.checkpoints(run_dir)  # (a checkpoint at step 0 is a start already made)
     start = learner.restore_latest(run_dir, log)
-    if fresh and config.qat:
-        from training.qat import start_qat
-
-        start_qat(learner, qat_from, training_batches(config, corpus, strategy, start), strategy, log)
+    if fresh and (config.qat or source is not None):
+        start_run(learner, source, training_batches(config, corpus, strategy, start), strategy, log)
     validator = Validator(learner, config, corpus, run)
     summary = {"step": start, "val_nll_bits": None, "samples_per_s": None, "interrupted": False}
     if config.steps <= start:

@@ -22,12 +22,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--preset", default="s", help="Config preset: tiny, xs, s or paper (with --qat-from: the source's).")
+@click.option("--preset", default="s", help="Config preset: tiny, xs, s or paper (with --qat-from/--finetune-from: the source's).")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
               help="Folder of WAV/FLAC files (recursive). Required, except with --qat-from (default: the source's).")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run folder (resumed if it exists).")
 @click.option("--qat-from", "qat_from", default=None, type=click.Path(),
               help="Quantization-aware fine-tuning of this finished float run (its config, data and final weights).")
+@click.option("--finetune-from", "finetune_from", default=None, type=click.Path(),
+              help="Float fine-tuning of this finished float run: its weights, a fresh optimizer, a new schedule.")
 @click.option("--steps", type=int, default=None, help="Training steps (default: the preset's); 0 writes an initial checkpoint.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field (repeatable).")
 @click.option("--speaker-regex", default=None, help="Regex with a named group 'speaker' on file names (default: parent folder).")
@@ -36,28 +38,33 @@ def main() -> None:
 @click.option("--cpu-replicas", default=0, type=int, help="Split the CPU into N logical devices (MirroredStrategy test).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @clean_errors
-def train(preset, data_dir, run_dir, qat_from, steps, overrides, speaker_regex, val_regex, val_fraction, cpu_replicas,
-          quiet):
+def train(preset, data_dir, run_dir, qat_from, finetune_from, steps, overrides, speaker_regex, val_regex, val_fraction,
+          cpu_replicas, quiet):
     """Train (or resume) a WaveNet on a folder of recordings."""
-    if data_dir is None and qat_from is None:
+    source_dir = qat_from if qat_from is not None else finetune_from
+    if data_dir is None and source_dir is None:
         raise click.UsageError("Missing option '--data'.")
     require_tensorflow()
-    from training.config import Config
+    from training.config import Config, ConfigError
     from training.train import DataArgs, choose_strategy, train as run_training
+
+    if qat_from is not None and finetune_from is not None:
+        raise ConfigError("--qat-from and --finetune-from exclude each other: fine-tune one way at a time")
 
     data = None if data_dir is None else DataArgs(data_dir, speaker_regex, val_regex, val_fraction)
     source = None
-    if qat_from is not None:
+    if source_dir is not None:
         from training.qat import prepare
 
         named = click.get_current_context().get_parameter_source("preset") == click.core.ParameterSource.COMMANDLINE
-        config, data, source = prepare(qat_from, run_dir, list(overrides), steps, preset if named else None, data)
+        config, data, source = prepare(source_dir, run_dir, list(overrides), steps, preset if named else None, data,
+                                       qat=qat_from is not None)
     else:
         config = Config.preset(preset).with_overrides(list(overrides))
         if steps is not None:
             config = config.replace(steps=steps)
     summary = run_training(config, data, run_dir, strategy=choose_strategy(cpu_replicas), progress=not quiet,
-                           log=lambda m: click.echo(m, err=True), qat_from=source)
+                           log=lambda m: click.echo(m, err=True), source=source)
     click.echo(json.dumps(summary))
     if summary["interrupted"]:
         sys.exit(130)

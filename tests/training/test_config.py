@@ -89,6 +89,10 @@ def test_lpc_needs_the_mel_and_fits_in_a_frame():
         Config.preset("tiny", n_mels=0, lpc_order=8)
     with pytest.raises(ConfigError, match=r"lpc_order \(32\) must be below the frame size \(hop_length 32\)"):
         Config.preset("tiny", lpc_order=32)  # tiny's frames are 32 samples
+    with pytest.raises(ConfigError, match="lpc_order needs n_fft <= 16384 .*, got 32768"):
+        Config.preset("tiny", lpc_order=8, n_fft=32768, win_length=32768)
+    assert Config.preset("tiny", lpc_order=8, n_fft=16384, win_length=16384).n_fft == 16384
+    assert Config.preset("tiny", n_fft=32768, win_length=32768).n_fft == 32768  # no LPC: no such bound
 
 
 def test_qat_needs_float32_compute():

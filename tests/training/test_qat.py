@@ -1,5 +1,5 @@
-"""Quantization-aware training: fine-tuning a finished float run (``train --qat-from``), its checks, resume,
-the step graph's fake quantization, and the int8 export carrying the learned ranges."""
+"""Fine-tuning a finished float run: quantization-aware (``train --qat-from``: its checks, resume, the step
+graph's fake quantization, the int8 export carrying the learned ranges) and float (``train --finetune-from``)."""
 
 import json
 import shutil
@@ -13,14 +13,15 @@ from training.config import Config
 
 
 
-def qat_train(source, out, steps, *overrides):
-    """``train --qat-from source`` through the library (the CLI's path, in this process)."""
+def qat_train(source, out, steps, *overrides, qat=True):
+    """``train --qat-from source`` (``--finetune-from`` if not ``qat``) through the library (the CLI's path, in
+    this process)."""
     from training.qat import prepare
     from training.train import train
 
     messages = []
-    config, data, src = prepare(source, out, list(overrides), steps, None)
-    summary = train(config, data, out, qat_from=src, progress=False, log=messages.append)
+    config, data, src = prepare(source, out, list(overrides), steps, None, qat=qat)
+    summary = train(config, data, out, source=src, progress=False, log=messages.append)
     return summary, messages
 
 
@@ -99,6 +100,46 @@ def test_qat_run_resumes_with_its_ranges(tiny_run, tmp_path):
         assert 0 < moved.max() < 0.3 * np.abs(ranges).max(), (moved.max(), np.abs(ranges).max())
     opt = np.load(ckpt_io.checkpoints(out)[-1] / "optimizer.npz")
     assert int(opt["00000"]) == 20
+
+
+def test_finetune_starts_from_the_source_weights_with_a_fresh_optimizer(tiny_run, tmp_path):
+    source, out = tiny_run[0], tmp_path / "ft"
+    settings = ("lr_schedule=cosine", "warmup_steps=4", "val_every=10", "checkpoint_every=10")
+    summary, messages = qat_train(source, out, 0, *settings, qat=False)  # --steps 0: the start, validated and saved
+    config = Config.from_json(out / "config.json")
+    assert not config.qat and config.lr_schedule == "cosine" and config.warmup_steps == 4
+    assert config.learning_rate == pytest.approx(3e-3 * 0.7 ** 0.3, rel=1e-5)  # where the source's schedule ended
+    assert [m for m in messages if "fine-tuning from" in m] == [f"fine-tuning from {source} (ckpt-00000300, EMA weights)"]
+    source_ema, start = np.load(ckpt_io.checkpoints(source)[-1] / "ema.npz"), ckpt_io.checkpoints(out)[-1]
+    for name in ("weights.npz", "ema.npz"):  # both start at the source's EMA weights, bit for bit
+        saved = np.load(start / name)
+        assert set(saved) == set(source_ema) and all(np.array_equal(saved[k], source_ema[k]) for k in saved)
+    assert summary["val_nll_bits"] == pytest.approx(tiny_run[1]["val_nll_bits"], rel=1e-6)  # the same model
+    info = ckpt_io.read_run_info(out)
+    assert info["finetune_from"] == {"run": str(source.resolve()), "checkpoint": "ckpt-00000300", "step": 300}
+    assert "qat_from" not in info and info["data"] == ckpt_io.read_run_info(source)["data"]
+    summary, messages = qat_train(source, out, 10, *settings, qat=False)  # resumes from step 0, loads nothing again
+    assert summary["step"] == 10 and not any("fine-tuning from" in m for m in messages)
+    opt = np.load(ckpt_io.checkpoints(out)[-1] / "optimizer.npz")
+    # a fresh Adam: its step counter (bias correction, warm-up) counts this run's steps, not the source's 300
+    assert int(opt["00000"]) == 10
+    moved = np.load(ckpt_io.checkpoints(out)[-1] / "weights.npz")
+    assert 0 < max(np.abs(moved[k] - source_ema[k]).max() for k in moved) < 0.05
+
+
+def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
+    source, (qat_dir, _), out = tiny_run[0], qat_run, tmp_path / "new"
+    cases = [
+        (["--finetune-from", str(source), "--qat-from", str(source), "--steps", "5"], ["exclude each other"]),
+        (["--finetune-from", str(source), "--steps", "5", "--set", "qat=true"], ["contradicts --finetune-from"]),
+        (["--finetune-from", str(source), "--steps", "5", "--set", "n_mels=8"], ["architecture", "n_mels"]),
+        (["--finetune-from", str(source)], ["--finetune-from needs --steps"]),
+    ]
+    for args, fragments in cases:
+        assert_clean_error(run_cli("train", "--out", str(out), "--quiet", *args), *fragments)
+        assert not out.exists()
+    r = run_cli("train", "--out", str(qat_dir), "--quiet", "--finetune-from", str(source), "--steps", "5")
+    assert_clean_error(r, "is a QAT run: choose a new --out for the fine-tuning run")
 
 
 @pytest.mark.parametrize("scales", ["shared", "per_layer"])

@@ -65,16 +65,3 @@ def test_bad_requests_are_one_line_errors_and_write_nothing(tiny_run, tmp_path, 
     code, _, err = snapshot(capsys, tmp_path / "nowhere", "--step", 150, "--out", tmp_path / "d")
     assert code == 2 and len(err) == 1 and "not a run folder" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "cosine"]  # nothing half-written
-
-
-def test_ship_card_leaves_out_pauses_even_when_most_stretches_hold_one(tmp_path):
-    """The model card's wall time: a stretch far slower than the CPU pace was a pause (counted at that pace)."""
-    from ship_model import training_history
-
-    # 1 CPU second per step; two of the three stretches between validations hold a 5000 s pause
-    rows = [{"step": s, "val_nll_bits": 5.0, "time": t, "cpu_seconds": float(s)}
-            for s, t in ((100, 100.0), (200, 200.0), (300, 5300.0), (400, 10400.0))]
-    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    history = training_history(tmp_path)
-    assert history["seconds_per_step"] == 1.0 and history["wall_seconds"] == 400.0
-    assert [c["step"] for c in history["curve"]] == [100, 200, 300, 400]
