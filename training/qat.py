@@ -10,8 +10,9 @@ Its config is the source's with the learning rate the source ended with, then ``
 The QAT run is a run folder like any other (resumed by the same command), whose config is the source's with
 ``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
 scales (``qat_state_scales``) and the learning rate the source ended with. It starts from the source's final EMA
-weights; forward passes over ``qat_calibration_batches`` training batches set the int8 ranges before the first step. ``export --quantize int8``
-of it then uses the learned ranges. Everything is checked before anything is written.
+weights; forward passes over ``qat_calibration_batches`` training batches set the int8 ranges before the first
+step. ``export --quantize int8`` of it then uses the learned ranges. Everything is checked before anything is
+written.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from edge_runtime.errors import WavenetEdgeError
 from training import checkpoint as ckpt_io
 from training.config import Config
 
-# What a fine-tuning run may set differently from its float source: the schedule and bookkeeping of training, never
-# anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
+# What a fine-tuning run may set differently from its float source: the schedule and bookkeeping of training,
+# never anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
 TUNABLE = frozenset({
     "batch_size", "segment_length", "lr_schedule", "learning_rate", "lr_decay_rate", "lr_decay_steps", "lr_min",
     "warmup_steps", "adam_beta2", "score_whole_window", "input_noise", "grad_clip_norm", "ema_decay", "steps",
@@ -35,11 +36,12 @@ TUNABLE = frozenset({
 
 
 class QATError(WavenetEdgeError):
-    """A fine-tuning (QAT or float) run cannot start from the given source or into the given folder (the message says why)."""
+    """A fine-tuning (QAT or float) run cannot start from the given source or into the given folder (the message
+    says why)."""
 
 
 @dataclass(frozen=True)
-class QATSource:
+class FineTuneSource:
     """A finished float run and its final checkpoint."""
 
     run_dir: Path
@@ -47,7 +49,7 @@ class QATSource:
     checkpoint: Path
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike) -> "QATSource":
+    def open(cls, run_dir: str | os.PathLike) -> "FineTuneSource":
         """Checks that ``run_dir`` is a finished float run (its last checkpoint at its config's ``steps``)."""
         run_dir = Path(run_dir)
         config = ckpt_io.load_run_config(run_dir)
@@ -67,7 +69,7 @@ class QATSource:
 
         return float(DecaySchedule(self.config)(self.config.steps))
 
-    def qat_config(self, overrides: list[str], steps: int, preset: str | None = None, qat: bool = True) -> Config:
+    def run_config(self, overrides: list[str], steps: int, preset: str | None = None, qat: bool = True) -> Config:
         """The new run's config: the source's, ``qat`` as asked (QAT: per-layer state scales, no mixed precision),
         its final learning rate, then ``overrides`` (``--set``).
 
@@ -141,13 +143,13 @@ def prepare(source_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides
     """
     if steps is None:
         raise QATError(f"--{'qat' if qat else 'finetune'}-from needs --steps (the number of fine-tuning steps)")
-    source = QATSource.open(source_dir)
-    config = source.qat_config(overrides, steps, preset, qat)
+    source = FineTuneSource.open(source_dir)
+    config = source.run_config(overrides, steps, preset, qat)
     source.check_target(run_dir, qat)
     return config, data or source.data_args(), source
 
 
-def start_run(learner, source: QATSource | None, batches, strategy, log) -> None:
+def start_run(learner, source: FineTuneSource | None, batches, strategy, log) -> None:
     """The start of a fine-tuning or QAT run: the source's weights (if any), then a QAT model's int8 ranges from
     forward passes (no step)."""
     import tensorflow as tf

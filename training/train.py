@@ -273,7 +273,7 @@ def train(config: Config, data: DataArgs, run_dir: str | os.PathLike, *, strateg
         strategy: a tf.distribute strategy (default: :func:`choose_strategy`).
         progress: show the progress line on stderr.
         log: where one-line messages go.
-        source: a :class:`training.qat.QATSource`: a new run starts from its weights (QAT, or a float fine-tune).
+        source: a :class:`training.qat.FineTuneSource`: a new run starts from its weights (QAT, or a float fine-tune).
 
     Returns:
         {"step", "best_step", "val_nll_bits", "samples_per_s", "receptive_field", "interrupted", ...}.

@@ -22,7 +22,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--preset", default="s", help="Config preset: tiny, xs, s or paper (with --qat-from/--finetune-from: the source's).")
+@click.option("--preset", default="s",
+              help="Config preset: tiny, xs, s or paper (with --qat-from/--finetune-from: the source's).")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
               help="Folder of WAV/FLAC files (recursive). Required, except with --qat-from (default: the source's).")
 @click.option("--out", "run_dir", required=True, type=click.Path(), help="Run folder (resumed if it exists).")

@@ -34,14 +34,14 @@ def qat_run(tiny_run, tmp_path_factory):
 
 
 def test_qat_run_config_and_provenance(tiny_run, qat_run):
-    from training.qat import QATSource
+    from training.qat import FineTuneSource
 
     source, (out, summary) = tiny_run[0], qat_run
     config, float_config = Config.from_json(out / "config.json"), Config.from_json(source / "config.json")
     assert config.qat and not float_config.qat and config.steps == 150 and config.qat_state_scales == "per_layer"
     # fine-tuning continues at the rate the float run ended with: 3e-3 * 0.7 ** (300 / 1000)
     assert config.learning_rate == pytest.approx(3e-3 * 0.7 ** 0.3, rel=1e-5)
-    assert QATSource.open(source).final_learning_rate() == pytest.approx(config.learning_rate, rel=1e-5)
+    assert FineTuneSource.open(source).final_learning_rate() == pytest.approx(config.learning_rate, rel=1e-5)
     info = ckpt_io.read_run_info(out)
     assert info["qat_from"] == {"run": str(source.resolve()), "checkpoint": "ckpt-00000300", "step": 300}
     assert info["data"] == ckpt_io.read_run_info(source)["data"]  # the source's data and split by default
@@ -109,7 +109,8 @@ def test_finetune_starts_from_the_source_weights_with_a_fresh_optimizer(tiny_run
     config = Config.from_json(out / "config.json")
     assert not config.qat and config.lr_schedule == "cosine" and config.warmup_steps == 4
     assert config.learning_rate == pytest.approx(3e-3 * 0.7 ** 0.3, rel=1e-5)  # where the source's schedule ended
-    assert [m for m in messages if "fine-tuning from" in m] == [f"fine-tuning from {source} (ckpt-00000300, EMA weights)"]
+    started = [m for m in messages if "fine-tuning from" in m]
+    assert started == [f"fine-tuning from {source} (ckpt-00000300, EMA weights)"]
     source_ema, start = np.load(ckpt_io.checkpoints(source)[-1] / "ema.npz"), ckpt_io.checkpoints(out)[-1]
     for name in ("weights.npz", "ema.npz"):  # both start at the source's EMA weights, bit for bit
         saved = np.load(start / name)

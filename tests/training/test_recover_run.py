@@ -28,7 +28,7 @@ def random_run(run_dir, data_dir, step: int = 2):
 def test_recovered_run_has_the_exported_weights(tiny_data, tmp_path):
     from convert.export import export
     from recover_run import main, recover
-    from training.qat import QATSource
+    from training.qat import FineTuneSource
     from training.step import step_weights, upsampling_matrix
 
     run, model_dir = tmp_path / "run", tmp_path / "f16"
@@ -39,7 +39,7 @@ def test_recovered_run_has_the_exported_weights(tiny_data, tmp_path):
 
     source, _, _ = ckpt_io.load_model(run)
     rebuilt, config, ckpt = ckpt_io.load_model(tmp_path / "rec")
-    assert ckpt.name == "ckpt-00000002" and config.steps == 2 and QATSource.open(tmp_path / "rec")
+    assert ckpt.name == "ckpt-00000002" and config.steps == 2 and FineTuneSource.open(tmp_path / "rec")
     a, b = step_weights(source), step_weights(rebuilt)
     f16 = lambda x: x.astype(np.float16).astype(np.float32)  # noqa: E731 (what the step graph stores)
     for la, lb in zip(a["layers"], b["layers"]):

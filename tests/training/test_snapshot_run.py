@@ -20,7 +20,7 @@ def snapshot(capsys, *argv):
 
 
 def test_snapshot_is_a_finished_run_of_that_step(tiny_run, tmp_path, capsys):
-    from training.qat import QATSource
+    from training.qat import FineTuneSource
 
     source, out = tiny_run[0], tmp_path / "snap"
     code, stdout, _ = snapshot(capsys, source, "--step", 150, "--out", out)
@@ -28,7 +28,7 @@ def test_snapshot_is_a_finished_run_of_that_step(tiny_run, tmp_path, capsys):
     config = Config.from_json(out / "config.json")
     assert config == Config.from_json(source / "config.json").replace(steps=150)
     ckpt = ckpt_io.find_checkpoint(out, "best")
-    assert ckpt.name == "ckpt-00000150" and QATSource.open(out).checkpoint == ckpt  # QAT takes it as finished
+    assert ckpt.name == "ckpt-00000150" and FineTuneSource.open(out).checkpoint == ckpt  # QAT takes it as finished
     original = source / "checkpoints" / "ckpt-00000150"
     for name in ("weights.npz", "ema.npz", "optimizer.npz"):
         a, b = ckpt_io._load_npz(original / name), ckpt_io._load_npz(ckpt / name)
