@@ -85,7 +85,7 @@ class FineTuneSource:
             base = base.replace(qat=True, mixed_precision="none", qat_state_scales="per_layer")
         config = base.with_overrides(overrides).replace(steps=steps)
         if config.qat != qat:
-            raise QATError(f"qat={str(config.qat).lower()} contradicts --{'qat' if qat else 'finetune'}-from")
+            raise QATError(f"qat={str(config.qat).lower()} contradicts {option(qat)}")
         a, b = self.config.to_dict(), config.to_dict()
         changed = [k for k in a if k not in TUNABLE | {"qat"} and a[k] != b[k]]
         if changed:
@@ -133,6 +133,11 @@ def provenance_key(qat: bool) -> str:
     return "qat_from" if qat else "finetune_from"
 
 
+def option(qat: bool) -> str:
+    """The command-line option that asks for a QAT (``qat``) or float fine-tuning run, for messages."""
+    return "--qat-from" if qat else "--finetune-from"
+
+
 def prepare(source_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides: list[str], steps: int | None,
             preset: str | None, data=None, qat: bool = True):
     """Checks a ``--qat-from`` (``qat``) or ``--finetune-from`` request and returns (config, data args, source)
@@ -142,7 +147,7 @@ def prepare(source_dir: str | os.PathLike, run_dir: str | os.PathLike, overrides
     source's.
     """
     if steps is None:
-        raise QATError(f"--{'qat' if qat else 'finetune'}-from needs --steps (the number of fine-tuning steps)")
+        raise QATError(f"{option(qat)} needs --steps (the number of fine-tuning steps)")
     source = FineTuneSource.open(source_dir)
     config = source.run_config(overrides, steps, preset, qat)
     source.check_target(run_dir, qat)
