@@ -31,7 +31,8 @@ from convert.calibration import calibration_samples
 from edge_runtime.errors import WavenetEdgeError, first_line
 from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.files import portable_path, remove_stale_temporaries
-from edge_runtime.manifest import FORMAT, FORMAT_VERSION, MANIFEST, encode_array, sha256_file
+from edge_runtime.manifest import (FORMAT, FORMAT_VERSION, LPC_INPUT_TABLES, LPC_INPUTS_VERSION, MANIFEST, encode_array,
+                                   sha256_file)
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
 
@@ -142,7 +143,8 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                        "context_frames": conditioning_context(cfg), "lookahead_frames": conditioning_context(cfg),
                        "pad_value": float(np.log(cfg.log_floor)), **port_info(cond_bytes)}
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "variant": variant, "batch": batch,
+        "format": FORMAT, "format_version": LPC_INPUTS_VERSION if cfg.lpc_inputs else FORMAT_VERSION,
+        "variant": variant, "batch": batch,
         "config": cfg.to_dict(), "sample_rate": cfg.sample_rate, "speakers": list(cfg.speakers),
         "dilations": list(cfg.dilations), "receptive_field": receptive_field(cfg),
         "state": {"rows": [list(r) for r in state_layout(cfg)],
@@ -158,7 +160,9 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
         "sampling": sampling or {},
         "tables": {"embedding": encode_array(state_embedding(weights, step_fake_quant).astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None
-                   else encode_array(weights["speaker_bias"].astype(np.float32))},
+                   else encode_array(weights["speaker_bias"].astype(np.float32)),
+                   **{name: encode_array(state_embedding(weights, step_fake_quant, name).astype(np.float32))
+                      for name in LPC_INPUT_TABLES if cfg.lpc_inputs}},
         "files": files,
         "data": source.get("data", {}),
         "producer": {"package": f"wavenet-edge {metadata.version('wavenet-edge')}", "tensorflow": tf.__version__,

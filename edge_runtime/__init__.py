@@ -19,8 +19,8 @@ __all__ = ["Synthesizer", "make_interpreter", "load_manifest", "default_model_di
            "read_wav", "WavenetEdgeError", "ModelError", "InputError", "DeviceError"]
 
 _HOME = {
-    "Synthesizer": "edge_runtime.synth", "default_model_dir": "edge_runtime.synth",
-    "example_clips": "edge_runtime.synth", "make_interpreter": "edge_runtime.interpreter",
+    "Synthesizer": "edge_runtime.synth", "default_model_dir": "edge_runtime.files",
+    "example_clips": "edge_runtime.files", "make_interpreter": "edge_runtime.interpreter",
     "load_manifest": "edge_runtime.manifest", "read_wav": "edge_runtime.wavio",
     "WavenetEdgeError": "edge_runtime.errors", "ModelError": "edge_runtime.errors",
     "InputError": "edge_runtime.errors", "DeviceError": "edge_runtime.errors",

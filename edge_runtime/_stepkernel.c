@@ -18,7 +18,13 @@ Python API (buffers: anything with the buffer protocol, C-contiguous; native.py 
   Engine(dims, dilations, embedding, mats)   dims = (L, R, G, S, HD, Q, k, E, ring)
   Engine.reset()                             zeroes the history, t = 0
   Engine.set_history(hist)                   hist [ring][L][R] float32; t = 0
-  Engine.run(n, prev, cond, cond_stride, extra, noise, forced, logits_out, samples_out) -> last sample
+  Engine.run(n, prev, cond, cond_stride, extra, noise, forced, logits_out, samples_out[, lpc]) -> last sample
+  Engine.set_lpc(signal_table, prediction_table, decode, order)
+                                             LPCNet's inputs (format 3): layer 0's row becomes
+                                             emb[e] + signal_table[mu(s)] + prediction_table[mu(p)] (float32 [Q][R]
+                                             each), decode [Q] float64 the µ-law decode table; run then takes lpc,
+                                             float64 [n][order]: the coefficients of each sample being generated
+  Engine.lpc_push(sample, coefficients)      filters one sample into the LPC state (teacher forcing's first)
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -41,7 +47,44 @@ typedef struct {
     float *in_buf, *a, *zs, *x, *skip, *hidden, *logits; /* scratch, each at least every out_pad and in_pad */
     int16_t *q;       /* quantized input scratch, [max in_pad] */
     const Kernels *kern;
+    /* LPCNet's inputs (0 = off): the synthesis filter's state, as edge_runtime/lpc.py's InputRows holds it */
+    int lpc_order;
+    float *emb_s, *emb_p;   /* [Q][R] each */
+    double *decode;         /* [Q] */
+    double past[64], signal; /* s[t-1], s[t-2], ...; the last filtered sample */
 } Engine;
+
+/* µ-law class of x (clipped to [-1, 1]), in edge_runtime/audio.py's mu_law_encode's float64 operations. */
+static int mu_law_class(double x, int classes) {
+    double mu = classes - 1;
+    x = x < -1.0 ? -1.0 : x > 1.0 ? 1.0 : x;
+    double sign = x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0;
+    double y = sign * log1p(mu * fabs(x)) / log1p(mu);
+    return (int)floor((y + 1.0) / 2.0 * mu + 0.5);
+}
+
+/* acc = sum_k a_k s[t-k], k in order (lpc.py's prediction() is -acc, its filter's s[t] = e[t] - acc). */
+static double lpc_acc(const Engine *e, const double *a) {
+    double acc = 0.0;
+    for (int k = 0; k < e->lpc_order; k++) acc += a[k] * e->past[k];
+    return acc;
+}
+
+/* The sample e (a class) through the synthesis filter: s[t] = e - acc becomes the newest past sample. */
+static void lpc_filter(Engine *e, int sample, double acc) {
+    double y = e->decode[sample] - acc;
+    memmove(e->past + 1, e->past, (e->lpc_order - 1) * sizeof(double));
+    e->past[0] = y;
+    e->signal = y;
+}
+
+/* Layer 0's row of an lpc_inputs model: the three embeddings summed in float32, as the Keras model does. */
+static void lpc_row(const Engine *e, int prev, double acc, float *row) {
+    const float *a = e->emb + (size_t)prev * e->R;
+    const float *b = e->emb_s + (size_t)mu_law_class(e->signal, e->Q) * e->R;
+    const float *c = e->emb_p + (size_t)mu_law_class(-acc, e->Q) * e->R;
+    for (int i = 0; i < e->R; i++) row[i] = (a[i] + b[i]) + c[i];
+}
 
 /* y = act(W x + b) for one matrix; x has m->in_pad readable floats (zero beyond m->in), y holds m->out_pad. */
 static void matvec(const Engine *e, const Mat *m, const float *x, float *y) {
@@ -132,7 +175,7 @@ static void free_mats(Engine *e) {
 static void Engine_dealloc(Engine *e) {
     free_mats(e);
     free(e->dil); free(e->emb); free(e->hist); free(e->in_buf); free(e->a); free(e->zs); free(e->x);
-    free(e->skip); free(e->hidden); free(e->logits); free(e->q);
+    free(e->skip); free(e->hidden); free(e->logits); free(e->q); free(e->emb_s); free(e->emb_p); free(e->decode);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -218,9 +261,48 @@ fail:
     return NULL;
 }
 
+static void reset_lpc(Engine *e) {
+    memset(e->past, 0, sizeof(e->past));
+    e->signal = 0.0;
+}
+
 static PyObject *Engine_reset(Engine *e, PyObject *unused) {
     memset(e->hist, 0, (size_t)e->ring * e->L * e->R * sizeof(float));
     e->t = 0;
+    reset_lpc(e);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_set_lpc(Engine *e, PyObject *args) {
+    PyObject *signal, *prediction, *decode;
+    int order;
+    if (!PyArg_ParseTuple(args, "OOOi", &signal, &prediction, &decode, &order)) return NULL;
+    if (order < 1 || order > 64 || e->emb_s) {
+        PyErr_SetString(PyExc_ValueError, "LPC order must be in [1, 64], set once");
+        return NULL;
+    }
+    Py_ssize_t table = 4 * (Py_ssize_t)e->Q * e->R;
+    if (!(e->emb_s = copy_buffer(signal, table, "signal table"))
+        || !(e->emb_p = copy_buffer(prediction, table, "prediction table"))
+        || !(e->decode = copy_buffer(decode, 8 * (Py_ssize_t)e->Q, "decode table")))
+        return NULL;
+    e->lpc_order = order;
+    reset_lpc(e);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_lpc_push(Engine *e, PyObject *args) {
+    PyObject *coefficients;
+    int sample;
+    if (!PyArg_ParseTuple(args, "iO", &sample, &coefficients)) return NULL;
+    if (!e->lpc_order || sample < 0 || sample >= e->Q) {
+        PyErr_SetString(PyExc_ValueError, "lpc_push: no LPC inputs set, or sample out of range");
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_buffer(coefficients, &view, 8 * (Py_ssize_t)e->lpc_order, 0, "coefficients") < 0) return NULL;
+    lpc_filter(e, sample, lpc_acc(e, view.buf));
+    PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
 
@@ -232,14 +314,15 @@ static PyObject *Engine_set_history(Engine *e, PyObject *obj) {
     memcpy(e->hist, view.buf, bytes);
     PyBuffer_Release(&view);
     e->t = 0;
+    reset_lpc(e);
     Py_RETURN_NONE;
 }
 
-typedef struct { Py_buffer cond, extra, noise, forced, logits, samples; } RunBuffers;
+typedef struct { Py_buffer cond, extra, noise, forced, logits, samples, lpc; } RunBuffers;
 
 static void release_run(RunBuffers *b) {
-    Py_buffer *all[] = {&b->cond, &b->extra, &b->noise, &b->forced, &b->logits, &b->samples};
-    for (int i = 0; i < 6; i++) if (all[i]->obj) PyBuffer_Release(all[i]);
+    Py_buffer *all[] = {&b->cond, &b->extra, &b->noise, &b->forced, &b->logits, &b->samples, &b->lpc};
+    for (int i = 0; i < 7; i++) if (all[i]->obj) PyBuffer_Release(all[i]);
 }
 
 /* An optional buffer: None leaves view->obj NULL. */
@@ -251,9 +334,9 @@ static int optional(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, int writab
 static PyObject *Engine_run(Engine *e, PyObject *args) {
     Py_ssize_t n, cond_stride;
     int prev;
-    PyObject *cond, *extra, *noise, *forced, *logits_out, *samples_out;
-    if (!PyArg_ParseTuple(args, "niOnOOOOO", &n, &prev, &cond, &cond_stride, &extra, &noise, &forced, &logits_out,
-                          &samples_out))
+    PyObject *cond, *extra, *noise, *forced, *logits_out, *samples_out, *lpc = Py_None;
+    if (!PyArg_ParseTuple(args, "niOnOOOOO|O", &n, &prev, &cond, &cond_stride, &extra, &noise, &forced, &logits_out,
+                          &samples_out, &lpc))
         return NULL;
     if (n < 0 || prev < 0 || prev >= e->Q || cond_stride < 0) {
         PyErr_SetString(PyExc_ValueError, "bad sample count, previous sample or conditioning stride");
@@ -266,8 +349,14 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
         || optional(noise, &b.noise, 4 * rows * e->Q, 0, "noise") < 0
         || optional(forced, &b.forced, 8 * rows, 0, "forced") < 0
         || optional(logits_out, &b.logits, 4 * rows * e->Q, 1, "logits_out") < 0
-        || get_buffer(samples_out, &b.samples, 8 * rows, 1, "samples_out") < 0) {
+        || get_buffer(samples_out, &b.samples, 8 * rows, 1, "samples_out") < 0
+        || optional(lpc, &b.lpc, 8 * rows * e->lpc_order, 0, "lpc") < 0) {
         release_run(&b);
+        return NULL;
+    }
+    if ((e->lpc_order > 0) != (b.lpc.obj != NULL)) {
+        release_run(&b);
+        PyErr_SetString(PyExc_ValueError, "LPC coefficients given to a model without LPC inputs, or missing");
         return NULL;
     }
     if ((e->E > 0) != (b.extra.obj != NULL)) {
@@ -277,13 +366,20 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
     }
     const float *cond_p = b.cond.buf, *extra_p = b.extra.buf, *noise_p = b.noise.buf;
     const int64_t *forced_p = b.forced.buf;
+    const double *lpc_p = b.lpc.buf;
     float *logits_p = b.logits.buf;
     int64_t *samples_p = b.samples.buf;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         float *now = e->hist + (size_t)(e->t & (e->ring - 1)) * e->L * e->R;
-        memcpy(now, e->emb + (size_t)prev * e->R, e->R * sizeof(float));
+        double acc = 0.0;  /* the LPC prediction of the sample being generated, negated */
+        if (lpc_p) {
+            acc = lpc_acc(e, lpc_p + i * e->lpc_order);
+            lpc_row(e, prev, acc, now);
+        } else {
+            memcpy(now, e->emb + (size_t)prev * e->R, e->R * sizeof(float));
+        }
         step(e, cond_p ? cond_p + i * cond_stride : NULL, extra_p ? extra_p + i * e->E : NULL);
         if (logits_p) memcpy(logits_p + i * e->Q, e->logits, e->Q * sizeof(float));
         if (forced_p) {
@@ -293,6 +389,7 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
             prev = e->kern->argmax(e->logits, noise_p ? noise_p + i * e->Q : NULL, e->Q);
         }
         samples_p[i] = prev;
+        if (lpc_p) lpc_filter(e, prev, acc);
         e->t++;
     }
     Py_END_ALLOW_THREADS
@@ -310,6 +407,10 @@ static PyObject *Engine_kernels(Engine *e, void *closure) {
 
 static PyMethodDef Engine_methods[] = {
     {"reset", (PyCFunction)Engine_reset, METH_NOARGS, "Zeroes the history (silence before the first sample)."},
+    {"set_lpc", (PyCFunction)Engine_set_lpc, METH_VARARGS,
+     "set_lpc(signal_table, prediction_table, decode, order): LPCNet's inputs in layer 0's row"},
+    {"lpc_push", (PyCFunction)Engine_lpc_push, METH_VARARGS,
+     "lpc_push(sample, coefficients): one sample through the LPC state (teacher forcing's first)"},
     {"set_history", (PyCFunction)Engine_set_history, METH_O, "Replaces the history [ring, L, R] (float32) and restarts at t = 0."},
     {"run", (PyCFunction)Engine_run, METH_VARARGS,
      "run(n, prev, cond, cond_stride, extra, noise, forced, logits_out, samples_out) -> last sample"},

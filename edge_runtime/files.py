@@ -1,4 +1,5 @@
-"""File utilities shared by the whole project (stdlib only): atomic text writes and stale-temporary cleanup.
+"""File utilities shared by the whole project (stdlib only): atomic text writes, stale-temporary cleanup, and
+where the package keeps its shipped models and example clips.
 
 Every temporary file or folder we write sits next to its target as ``.NAME.KIND-PID`` (optionally with a
 suffix, e.g. ``.NAME.cases-PID.npz``), so a later run can tell a leftover of a killed process (its PID is gone)
@@ -75,3 +76,18 @@ def portable_path(path: str | os.PathLike | None, base: str | os.PathLike | None
     if path is None or not os.path.isabs(path):
         return None if path is None else str(path)
     return os.path.relpath(path, base) if base is not None else Path(path).name
+
+
+def example_clips() -> list[Path]:
+    """The held-out recordings shipped as example inputs (``edge_runtime/examples``), sorted."""
+    return sorted((Path(__file__).resolve().parent / "examples").glob("*.wav"))
+
+
+def default_model_dir() -> Path:
+    """The model folder shipped inside the package (``edge_runtime/models/default``)."""
+    from edge_runtime.errors import ModelError
+
+    path = Path(__file__).resolve().parent / "models" / "default"
+    if not (path / "manifest.json").exists():
+        raise ModelError("no model is shipped with this installation yet: give a MODEL_DIR")
+    return path

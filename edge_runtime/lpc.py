@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-from edge_runtime.audio import mel_filterbank, preemphasize
+from edge_runtime.audio import mel_filterbank, mu_law_decode, mu_law_encode, preemphasize
 from edge_runtime.native import kernel_module
 
 MAX_ORDER = 32  # the compiled synthesis filter holds at most 64 past samples; the manifest and Config check it
@@ -86,13 +86,42 @@ def levinson(r: np.ndarray, order: int) -> np.ndarray:
 def excitation(signal: np.ndarray, coefficients: np.ndarray, hop: int) -> np.ndarray:
     """``e[t] = s[t] + sum_k a_k[t // hop] s[t-k]`` (silence before the signal): float32 [T] of float [T]."""
     s = np.asarray(signal, np.float64)
+    a, past = _taps(s, coefficients, hop)
+    return (s + (a * past).sum(axis=1)).astype(np.float32)
+
+
+def _taps(s: np.ndarray, coefficients: np.ndarray, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's coefficients and past samples ``s[t-1], ..., s[t-p]`` (silence before): float64 [T, p] x 2."""
     a = np.repeat(coefficients, hop, axis=0)[:s.shape[0]]  # [T, p]
     if a.shape[0] < s.shape[0]:
         raise ValueError(f"{s.shape[0]} samples need {-(-s.shape[0] // hop)} frames of coefficients")
     order = coefficients.shape[1]
     padded = np.concatenate([np.zeros(order), s])
-    past = np.stack([padded[order - k:order - k + s.shape[0]] for k in range(1, order + 1)], axis=1)  # [T, p]
-    return (s + (a * past).sum(axis=1)).astype(np.float32)
+    return a, np.stack([padded[order - k:order - k + s.shape[0]] for k in range(1, order + 1)], axis=1)
+
+
+def prediction(a: np.ndarray, past: np.ndarray) -> np.ndarray:
+    """``p = -sum_k a_k s[t-k]`` per row of coefficients and past samples [N, p] (float64 [N]): the one formula
+    training and the runtime's stepwise loop share, summed k = 1..p in order like the synthesis filter's loop
+    (whose ``s[t] = e[t] - acc`` is then exactly ``e[t] + p[t]``), so all give the same bits."""
+    acc = np.zeros(a.shape[:-1])
+    for k in range(a.shape[-1]):
+        acc += a[..., k] * past[..., k]
+    return -acc
+
+
+def input_classes(classes: np.ndarray, coefficients: np.ndarray, hop: int, mu_classes: int) -> np.ndarray:
+    """LPCNet's extra inputs of an excitation model (``lpc_inputs``) at every position t of an utterance: the
+    µ-law classes of the signal ``s[t]`` and of the next sample's prediction ``p[t+1]``, int32 [T, 2].
+
+    ``s`` is the synthesis filter run on the decoded classes, as generation builds it (not the clean signal);
+    the last position's ``p[T]`` (its logit is never scored) is silence."""
+    e = mu_law_decode(np.asarray(classes), mu_classes).astype(np.float64)
+    synthesis = Synthesis(coefficients.shape[1], hop)
+    synthesis.add_frames(coefficients)
+    s = synthesis(e)[:, 0]
+    p_next = np.append(prediction(*_taps(s, coefficients, hop))[1:], 0.0)
+    return np.stack([mu_law_encode(s, mu_classes), mu_law_encode(p_next, mu_classes)], axis=1)
 
 
 class Synthesis:
@@ -123,6 +152,23 @@ class Synthesis:
         done = self._t // self.hop - self._first  # frames whose samples are all filtered
         self._coefficients = np.concatenate([self._coefficients[:, done:], a], axis=1)
         self._first += done
+
+    def prediction(self) -> np.ndarray:
+        """The next sample's prediction ``-sum_k a_k s[t-k]`` per stream (float64 [B]), before it is filtered."""
+        frame = (self._t - self._first * self.hop) // self.hop
+        if frame >= self._coefficients.shape[1]:
+            raise IndexError(f"sample {self._t} needs LPC frame {self._t // self.hop}, which has not arrived")
+        return prediction(self._coefficients[:, frame], self._past)
+
+    def take(self, n: int) -> np.ndarray:
+        """The coefficients of the next n samples of stream 0, float64 [n, p], moving past them unfiltered: for a
+        loop that runs this filter itself (the native engine)."""
+        frames = (self._t - self._first * self.hop + np.arange(n)) // self.hop
+        if n and frames[-1] >= self._coefficients.shape[1]:
+            raise IndexError(f"sample {self._t + n - 1} needs LPC frame {(self._t + n - 1) // self.hop}, "
+                             "which has not arrived")
+        self._t += n
+        return np.ascontiguousarray(self._coefficients[0, frames])
 
     def __call__(self, chunk: np.ndarray) -> np.ndarray:
         """Filters the next samples: [n] (one stream) or [n, B]; float64 [n, B] out (not clipped)."""
@@ -172,3 +218,35 @@ def model_signal(audio: np.ndarray, log_mel: np.ndarray | None, config: dict) ->
     if not config.get("lpc_order", 0):
         return signal
     return excitation(signal, coefficients_for(log_mel, config), config["hop_length"])
+
+
+class InputRows:
+    """Layer 0's input rows of an lpc_inputs model (LPCNet's inputs), step by step, per stream:
+    ``E[e[t-1]] + E_s[s[t-1]] + E_p[p[t]]`` of the µ-law classes of the last excitation sample, the signal the
+    synthesis filter made of it and the prediction for the sample being generated, summed in float32 (as the
+    Keras model sums them) and then put into the state's domain by ``quantize``. The same filter and formulas
+    as training's :func:`input_classes`, so teacher-forced rows equal the training inputs bit for bit."""
+
+    def __init__(self, tables: tuple[np.ndarray, np.ndarray, np.ndarray], order: int, hop: int, streams: int,
+                 quantize):
+        self.tables, self.classes = tables, tables[0].shape[0]
+        self.filter = Synthesis(order, hop, streams)
+        self._decode = mu_law_decode(np.arange(self.classes), self.classes).astype(np.float64)
+        self._quantize = quantize
+        self.reset()
+
+    def reset(self) -> None:
+        """Silence before the next sample (s[-1] = 0); forgets the coefficients."""
+        self.filter.reset()
+        self._signal = np.zeros(self.filter.streams)
+
+    def row(self, previous: np.ndarray) -> np.ndarray:
+        """The next step's input rows [B, R] from the previous samples' classes [B]."""
+        sample, signal, predicted = self.tables
+        s = mu_law_encode(self._signal, self.classes)
+        p = mu_law_encode(self.filter.prediction(), self.classes)
+        return self._quantize(sample[previous] + signal[s] + predicted[p])
+
+    def push(self, samples: np.ndarray) -> None:
+        """The samples [B] just generated (or forced): filtered into the signal the next row reads."""
+        self._signal = self.filter(self._decode[samples][None])[0]

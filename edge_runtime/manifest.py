@@ -23,8 +23,13 @@ FORMAT = "wavenet-edge"
 # What format_version says about the step graph's inputs (training/step.py has the details):
 #   1: cond = the per-sample conditioning c' [B, C], speaker_bias [L * B, G] a separate input (the shipped voices)
 #   2: cond = every layer's gate input [L * B, G]: conditioning projected by the conditioner graph + speaker bias
-FORMAT_VERSION = 2  # what exports write
-READABLE_VERSIONS = (1, 2)
+#   3: as 2, and layer 0's input row is the sum of three embeddings (an lpc_inputs model, LPCNet's inputs): the
+#      sample's (tables.embedding), the LPC signal's and the next prediction's (tables.signal_embedding,
+#      tables.prediction_embedding), each of its µ-law class; a runtime that reads only 1-2 must refuse it
+FORMAT_VERSION = 2  # what exports write (LPC_INPUTS_VERSION for lpc_inputs models)
+LPC_INPUTS_VERSION = 3
+LPC_INPUT_TABLES = ("signal_embedding", "prediction_embedding")
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 _DTYPES = {"float32": np.float32, "int8": np.int8, "int32": np.int32}
 
@@ -87,6 +92,7 @@ class Manifest:
     deemphasis: float = 0.0  # the postfilter's coefficient (0: the model's samples are the audio)
     temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
     lpc_order: int = 0  # the LPC synthesis postfilter's order (0: the model's samples are not an excitation)
+    lpc_inputs: tuple[np.ndarray, np.ndarray] | None = None  # float32 [classes, R] x 2 (format 3): s and p tables
 
     @property
     def config(self) -> dict:
@@ -173,7 +179,24 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
     speaker_bias = decode_array(bias, "speaker_bias") if bias else None
     deemphasis, lpc_order, temperature = _output_settings(data, path)
     return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
-                    embedding, speaker_bias, deemphasis, temperature, lpc_order)
+                    embedding, speaker_bias, deemphasis, temperature, lpc_order,
+                    _lpc_input_tables(data, lpc_order, embedding.shape, path))
+
+
+def _lpc_input_tables(data: dict, lpc_order: int, shape: tuple, path: Path):
+    """The signal and prediction embedding tables of a format-3 (lpc_inputs) manifest, else None."""
+    version, tables = data["format_version"], data["tables"]
+    if bool(data["config"].get("lpc_inputs", False)) != (version == LPC_INPUTS_VERSION):
+        raise ModelError(f"{path}: an lpc_inputs model is format {LPC_INPUTS_VERSION}, and only such a model "
+                         f"(format {version}, lpc_inputs {data['config'].get('lpc_inputs', False)})")
+    if version != LPC_INPUTS_VERSION:
+        return None
+    if not lpc_order:
+        raise ModelError(f"{path}: format {version} (LPC inputs) needs an LPC postfilter")
+    found = tuple(decode_array(tables[name], name) if tables.get(name) else None for name in LPC_INPUT_TABLES)
+    if any(t is None or t.shape != shape for t in found):
+        raise ModelError(f"{path}: the signal and prediction embedding tables must be given, each of shape {shape}")
+    return found
 
 
 POSTFILTERS = ("lpc", "deemphasis")  # in the order the runtime applies them to the model's samples
@@ -214,3 +237,12 @@ def _output_settings(data: dict, path: Path) -> tuple[float, int, float | None]:
                                     or not 0 <= temperature < 100):
         raise ModelError(f"{path}: sampling temperature must be a number in [0, 100), got {temperature!r}")
     return float(alpha), order, None if temperature is None else float(temperature)
+
+
+def cfg_dilations(cfg: dict) -> list[int]:
+    """Dilation of every layer from a config dict (the manifest also lists them)."""
+    per_stack, stacks = cfg["layers_per_stack"], cfg["stacks"]
+    # Bounds before building anything: a damaged manifest must not ask for 2**31 layers (a hang, found by fuzzing).
+    if not (isinstance(per_stack, int) and isinstance(stacks, int) and 1 <= per_stack <= 16 and 1 <= stacks <= 64):
+        raise ModelError(f"implausible layer counts in the manifest: {stacks} stacks x {per_stack} layers")
+    return [2**i for i in range(per_stack)] * stacks

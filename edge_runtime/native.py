@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_runtime.audio import mu_law_decode
 from edge_runtime.errors import ModelError
 
 ENGINES = ("auto", "native", "litert")
@@ -43,7 +44,7 @@ def why_not(manifest, graph, device: str, batch: int) -> str | None:
         return "batch exports run through LiteRT"
     if graph.inputs["state"].quantized:
         return "full-integer (int8) graphs run through LiteRT"
-    if manifest.version not in (1, 2):
+    if manifest.version not in (1, 2, 3):
         return f"manifest format {manifest.version}"
     return None
 
@@ -140,6 +141,10 @@ class NativeStep:
         embedding = np.ascontiguousarray(manifest.embedding, np.float32)
         try:
             engine = kernel_module().Engine(dims, np.asarray(dilations, np.int32), embedding, mats)
+            if manifest.lpc_inputs is not None:  # the s and p tables, and the µ-law decode the filter reads
+                decode = mu_law_decode(np.arange(Q), Q).astype(np.float64)
+                engine.set_lpc(*(np.ascontiguousarray(t, np.float32) for t in manifest.lpc_inputs), decode,
+                               manifest.lpc_order)
         except ValueError as e:
             raise ModelError(f"{manifest.step_path.name}: the native engine cannot run it ({e})") from None
         return cls(engine, manifest.version, views, L, G, extra)
@@ -152,10 +157,11 @@ class NativeStep:
         self.engine.reset()
 
     def run(self, n: int, prev: int, cond: np.ndarray | None, noise: np.ndarray | None,
-            forced: np.ndarray | None, logits_out: np.ndarray | None) -> np.ndarray:
-        """n steps of the one stream: samples [n, 1] (int64), as ``Synthesizer._run``."""
+            forced: np.ndarray | None, logits_out: np.ndarray | None, lpc: np.ndarray | None = None) -> np.ndarray:
+        """n steps of the one stream: samples [n, 1] (int64), as ``Synthesizer._run``. ``lpc``: an lpc_inputs
+        model's coefficients [n, p] of each sample generated (the engine runs the synthesis filter itself)."""
         extra = None
-        if self.version == 2:
+        if self.version >= 2:  # (3: as 2)
             # per-sample gate inputs [n, L, G], or the speaker's constant ones from the graph's own input buffer
             constant = self._views.get("cond") if cond is None else None
             stride = 0 if cond is None else self._layers * self._gates
@@ -165,7 +171,7 @@ class NativeStep:
         gate_in = cond if cond is not None else constant
         samples = np.empty((n, 1), np.int64)
         self.engine.run(n, int(prev), _c(gate_in, np.float32), stride, _c(extra, np.float32), _c(noise, np.float32),
-                        _c(forced, np.int64), logits_out, samples)
+                        _c(forced, np.int64), logits_out, samples, _c(lpc, np.float64))
         return samples
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -22,7 +21,8 @@ from edge_runtime.audio import Deemphasis, mu_law_decode
 from edge_runtime.conditioner import Conditioner
 from edge_runtime.errors import InputError, ModelError
 from edge_runtime.graph import Graph
-from edge_runtime.manifest import Manifest, load_manifest, malformed_is_model_error
+from edge_runtime.files import default_model_dir, example_clips  # noqa: F401 (public API: edge_runtime/__init__.py)
+from edge_runtime.manifest import Manifest, cfg_dilations, load_manifest, malformed_is_model_error
 from edge_runtime.step_inputs import GateInputs, ring_index
 
 SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
@@ -76,6 +76,10 @@ class Synthesizer:
                                                                       self.batch)
         if self._lpc is not None:  # the front-end fields the predictor reads: a bad one fails here, not mid-stream
             lpc.coefficients_for(np.zeros((1, int(cfg["n_mels"]))), cfg)
+        # LPCNet's inputs (format 3): layer 0's row also holds the filter's signal and next prediction
+        self._rows = None if manifest.lpc_inputs is None else lpc.InputRows(
+            (manifest.embedding, *manifest.lpc_inputs), manifest.lpc_order, int(cfg["hop_length"]), self.batch,
+            ins["state"].quantize)
         # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
         self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
@@ -126,9 +130,16 @@ class Synthesizer:
         cond = None if port is None or not self.use_mel else rng.normal(0, 1, (n, *port.shape)).astype(np.float32)
         forced = rng.integers(0, self.classes, (n, 1))
         ours, theirs = (np.empty((n, 1, self.classes), np.float32) for _ in range(2))
+        coefficients = None
+        if self._rows is not None:  # the same small (stable) LPC coefficients for both engines' filters
+            hop = self._rows.filter.hop
+            frames = rng.normal(0, 0.05, (n // hop + 1, self.manifest.lpc_order))
+            self._rows.reset()
+            self._rows.filter.add_frames(frames)
+            coefficients = np.repeat(frames, hop, axis=0)[:n]
         self._t, self._prev = 0, forced[0]
         self._run_litert(n, cond, None, forced, theirs)
-        step.run(n, int(forced[0, 0]), cond, None, forced, ours)
+        step.run(n, int(forced[0, 0]), cond, None, forced, ours, coefficients)
         return float(np.abs(ours - theirs).max() / (np.ptp(theirs) or 1.0))
 
     @classmethod
@@ -172,8 +183,9 @@ class Synthesizer:
         self._t = 0
         self._prev = np.full(self.batch, SILENCE, np.int64)
         self._deemphasis.reset()
-        if self._lpc is not None:
-            self._lpc.reset()
+        for stage in (self._lpc, self._rows):
+            if stage is not None:
+                stage.reset()
         if self.use_speaker:
             speakers = speaker if isinstance(speaker, list) else [speaker] * self.batch
             if len(speakers) != self.batch:
@@ -185,8 +197,9 @@ class Synthesizer:
     def _run(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
              logits_out: np.ndarray | None) -> np.ndarray:
         """Runs n steps; returns the samples [n, B]. With ``forced`` [n, B] the inputs are teacher-forced."""
-        if self._native is not None:
-            samples = self._native.run(n, int(self._prev[0]), cond, noise, forced, logits_out)
+        if self._native is not None:  # it runs an lpc_inputs model's filter itself: it takes the coefficients
+            coefficients = None if self._rows is None else self._rows.filter.take(n)
+            samples = self._native.run(n, int(self._prev[0]), cond, noise, forced, logits_out, coefficients)
             self._prev, self._t = samples[-1].copy() if n else self._prev, self._t + n
             return samples
         return self._run_litert(n, cond, noise, forced, logits_out)
@@ -194,7 +207,7 @@ class Synthesizer:
     def _run_litert(self, n: int, cond: np.ndarray | None, noise: np.ndarray | None, forced: np.ndarray | None,
                     logits_out: np.ndarray | None) -> np.ndarray:
         """:meth:`_run` through the LiteRT step graph and the numpy ring buffer."""
-        if self.batch == 1 and forced is None:
+        if self.batch == 1 and forced is None and self._rows is None:
             return self._run_single(n, cond, noise)
         views, invoke = self._views, self._invoke
         cond_in = views["cond"] if cond is not None else None  # [B, C] (format 1) or [L * B, G]
@@ -204,15 +217,18 @@ class Synthesizer:
         state = views["state"].reshape(self._take_at.shape[1], -1)  # [rows, B * R], a view of [rows * B, R]
         new = new.reshape(n_layers - 1, -1)  # [L-1, B * R]
         take, take_at, requant = flat.take, self._take_at, self._requant  # take_at: [ring, rows]
-        table, t = self._embedding, self._t  # [classes, R]
+        table, rows, t = self._embedding, self._rows, self._t  # [classes, R], lpc_inputs rows or None
         current = self._hist[:, 0]  # [ring, B, R]: layer 0's current input per ring position
         prev = np.array(self._prev, np.int64)
         samples = np.empty((n, self.batch), np.int64)
-        scratch = np.empty_like(logits)
+        scratch = np.empty(logits.shape, np.float32)  # the noise is float, int8 logits too
         for i in range(n):
             pos = t & mask
             base = pos * n_layers
-            table.take(prev, axis=0, out=current[pos])  # layer 0's current input: the previous samples' embeddings
+            if rows is None:
+                table.take(prev, axis=0, out=current[pos])  # layer 0's current input: the previous samples' embeddings
+            else:
+                current[pos] = rows.row(prev)
             take(take_at[pos], axis=0, out=state)
             if cond_in is not None:
                 cond_in[...] = cond[i]
@@ -227,6 +243,8 @@ class Synthesizer:
                 np.add(logits, noise[i], out=scratch)
                 scratch.argmax(axis=-1, out=prev)
             samples[i] = prev
+            if rows is not None:
+                rows.push(prev)
             t += 1
         self._prev, self._t = prev.copy(), t
         return samples
@@ -333,8 +351,10 @@ class Synthesizer:
     def _add_lpc_frames(self, block: np.ndarray) -> None:
         """The LPC coefficients of mel frames [k, B, n_mels] as they arrive, for the postfilter."""
         k = block.shape[0]
-        coefficients = lpc.coefficients_for(block.reshape(k * self.batch, -1), self.config)
-        self._lpc.add_frames(coefficients.reshape(k, self.batch, -1))
+        coefficients = lpc.coefficients_for(block.reshape(k * self.batch, -1), self.config).reshape(k, self.batch, -1)
+        self._lpc.add_frames(coefficients)
+        if self._rows is not None:
+            self._rows.filter.add_frames(coefficients)
 
     def _output(self, samples: np.ndarray, squeeze) -> np.ndarray:
         """Generated classes [n, B] -> audio: µ-law decoded, LPC synthesis, de-emphasis (as the manifest says)."""
@@ -366,27 +386,11 @@ class Synthesizer:
                 raise InputError(f"{classes.shape[0]} samples need {classes.shape[0] // self.conditioner.hop} mel frames")
         out = np.empty((n, 1, self.classes), self.step.outputs["logits"].dtype)
         self._prev = classes[:1]
+        if self._rows is not None:  # the filter starts at the first sample, as in training
+            self._rows.filter.add_frames(lpc.coefficients_for(mel, self.config))
+            if self._native is None:
+                self._rows.push(self._prev)
+            else:
+                self._native.engine.lpc_push(int(classes[0]), self._rows.filter.take(1)[0])
         self._run(n, cond, None, classes[1:, None], out)
         return self.step.outputs["logits"].dequantize(out[:, 0])
-
-
-def cfg_dilations(cfg: dict) -> list[int]:
-    """Dilation of every layer from a config dict (the manifest also lists them)."""
-    per_stack, stacks = cfg["layers_per_stack"], cfg["stacks"]
-    # Bounds before building anything: a damaged manifest must not ask for 2**31 layers (a hang, found by fuzzing).
-    if not (isinstance(per_stack, int) and isinstance(stacks, int) and 1 <= per_stack <= 16 and 1 <= stacks <= 64):
-        raise ModelError(f"implausible layer counts in the manifest: {stacks} stacks x {per_stack} layers")
-    return [2**i for i in range(per_stack)] * stacks
-
-
-def example_clips() -> list[Path]:
-    """The held-out recordings shipped as example inputs (``edge_runtime/examples``), sorted."""
-    return sorted((Path(__file__).resolve().parent / "examples").glob("*.wav"))
-
-
-def default_model_dir() -> Path:
-    """The model folder shipped inside the package (``edge_runtime/models/default``)."""
-    path = Path(__file__).resolve().parent / "models" / "default"
-    if not (path / "manifest.json").exists():
-        raise ModelError("no model is shipped with this installation yet: give a MODEL_DIR")
-    return path

@@ -164,12 +164,14 @@ def logit_error(model, folder: Path, frames: int = 12) -> float:
     """max |logit difference| / logit spread between the Keras model and the folder's graphs (edge runtime,
     LiteRT) on a random clip: what catches a weight put in the wrong place or transposed."""
     from edge_runtime.synth import Synthesizer
+    from training.data import lpc_inputs
 
     cfg, rng = model.config, np.random.default_rng(0)
     classes = rng.integers(0, cfg.mu_classes, frames * cfg.frame_length)
     mel = rng.uniform(np.log(cfg.log_floor), 0, (frames, cfg.n_mels)).astype(np.float32) if cfg.use_mel else None
+    lpc = lpc_inputs(classes, mel, cfg)  # an lpc_inputs model's s and p classes, as the runtime builds them
     inputs = {"audio": classes[None].astype(np.int32), "mel": None if mel is None else mel[None],
-              "speaker": np.zeros(1, np.int32) if cfg.use_speaker else None}
+              "speaker": np.zeros(1, np.int32) if cfg.use_speaker else None, "lpc": None if lpc is None else lpc[None]}
     reference = np.asarray(model({k: v for k, v in inputs.items() if v is not None}))[0, :-1]
     edge = Synthesizer.load(folder, engine="litert").teacher_forced_logits(
         classes, mel, cfg.speakers[0] if cfg.use_speaker else None)
@@ -184,6 +186,8 @@ def read_weights(model, manifest) -> None:
     if model.config.use_mel:
         fill_conditioner(model, graph_ops(manifest.conditioner_path), manifest.version)
     put(model.embed.embeddings, manifest.embedding)
+    for table, values in zip(model.embed_lpc, manifest.lpc_inputs or ()):  # format 3: the s and p tables
+        put(table.embeddings, values)
     if model.config.use_speaker:
         fill_speakers(model, manifest.speaker_bias)
     missing = [v.path for v in model.weights if np.isnan(v.numpy()).any()]

@@ -89,6 +89,11 @@ class Config:
     # residual and the runtime adds the prediction back (0 = off).
     lpc_order: int = 0
     lpc_gamma: float = 0.9
+    # LPCNet's inputs (needs lpc_order): besides the excitation e[t] the network reads the µ-law classes of the
+    # signal s[t] and of the next sample's prediction p[t+1], each through its own embedding, summed into layer
+    # 0's input. s is rebuilt from the quantised excitation, as generation sees it; the step graph is unchanged
+    # (the runtime sums the three rows).
+    lpc_inputs: bool = False
     # Noise on the fed-back input (LPCNet, FFTNet): during training the network reads its past samples' µ-law
     # classes plus rounded Gaussian noise of this standard deviation (in classes), while the targets stay clean,
     # so it learns to continue from a history with errors like its own at synthesis (0 = off).
@@ -228,6 +233,7 @@ class Config:
         need(0 < self.lpc_gamma <= 1, f"lpc_gamma must be in (0, 1], got {self.lpc_gamma}")
         need(0 <= self.input_noise <= self.mu_classes / 4,
              f"input_noise must be in [0, {self.mu_classes / 4:g}] classes, got {self.input_noise}")
+        need(not self.lpc_inputs or self.lpc_order, "lpc_inputs needs lpc_order > 0 (s and p come from the filter)")
         need(not self.lpc_order or self.use_mel, "lpc_order needs local conditioning (the LPC comes from the mel)")
         need(0 <= self.lr_min <= self.learning_rate, f"need 0 <= lr_min <= learning_rate, got lr_min={self.lr_min}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")

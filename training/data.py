@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.audio import front_end_params, log_mel, mu_law_encode
-from edge_runtime.lpc import model_signal
+from edge_runtime.lpc import coefficients_for, input_classes, model_signal
 from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
 
@@ -25,6 +25,7 @@ class Utterance:
     speaker: int
     classes: np.ndarray  # int32 [T], T a multiple of the frame length
     mel: np.ndarray | None  # float32 [T // hop, n_mels]
+    lpc: np.ndarray | None = None  # int32 [T, 2]: classes of s[t] and p[t+1] (lpc_inputs models only)
 
     @property
     def num_samples(self) -> int:
@@ -78,7 +79,15 @@ def prepare(audio: np.ndarray, config: Config, name: str, speaker: int, left_pad
     audio = np.concatenate([np.zeros(left_pad, np.float32), audio])
     audio = audio[: audio.shape[0] // config.frame_length * config.frame_length]
     mel = log_mel(audio, **front_end_params(config.to_dict())) if config.use_mel else None
-    return Utterance(name, speaker, mu_law_encode(model_signal(audio, mel, config.to_dict()), config.mu_classes), mel)
+    classes = mu_law_encode(model_signal(audio, mel, config.to_dict()), config.mu_classes)
+    return Utterance(name, speaker, classes, mel, lpc_inputs(classes, mel, config))
+
+
+def lpc_inputs(classes: np.ndarray, mel: np.ndarray | None, config: Config) -> np.ndarray | None:
+    """The ``lpc`` input of an lpc_inputs model (edge_runtime/lpc.py ``input_classes``), else None."""
+    if not config.lpc_inputs:
+        return None
+    return input_classes(classes, coefficients_for(mel, config.to_dict()), config.hop_length, config.mu_classes)
 
 
 def load_recordings(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None,
@@ -187,6 +196,7 @@ def segment_dataset(utterances: list[Utterance], config: Config, batch_size: int
     cum = np.cumsum(counts)
     audio_all = tf.constant(np.concatenate([p.classes for p in utterances]), tf.int32)
     mel_all = tf.constant(np.concatenate([p.mel for p in utterances])) if config.use_mel else None
+    lpc_all = tf.constant(np.concatenate([p.lpc for p in utterances]), tf.int32) if config.lpc_inputs else None
     speakers = tf.constant([p.speaker for p in utterances], tf.int32)
     cum_t, offsets_t, first_t = tf.constant(cum), tf.constant(frame_offsets), tf.constant(cum - counts)
     total = int(cum[-1])
@@ -198,6 +208,8 @@ def segment_dataset(utterances: list[Utterance], config: Config, batch_size: int
         out = {"audio": audio_all[start * frame:(start + wf) * frame]}
         if mel_all is not None:
             out["mel"] = mel_all[start:start + wf]
+        if lpc_all is not None:
+            out["lpc"] = lpc_all[start * frame:(start + wf) * frame]
         if config.use_speaker:
             out["speaker"] = speakers[i]
         return out

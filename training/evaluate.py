@@ -16,6 +16,8 @@ def utterance_inputs(u: Utterance, config: Config) -> dict:
     inputs = {"audio": u.classes[None]}
     if config.use_mel:
         inputs["mel"] = u.mel[None]
+    if config.lpc_inputs:
+        inputs["lpc"] = u.lpc[None]
     if config.use_speaker:
         inputs["speaker"] = np.array([u.speaker], np.int32)
     return inputs
@@ -32,6 +34,8 @@ class NLLScorer:
         spec = {"audio": tf.TensorSpec([1, None], tf.int32)}
         if config.use_mel:
             spec["mel"] = tf.TensorSpec([1, None, config.n_mels], tf.float32)
+        if config.lpc_inputs:
+            spec["lpc"] = tf.TensorSpec([1, None, 2], tf.int32)
         if config.use_speaker:
             spec["speaker"] = tf.TensorSpec([1], tf.int32)
 

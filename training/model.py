@@ -209,6 +209,9 @@ class WaveNet(keras.Model):
         if config.use_mel and config.cond_layers == 0:
             cond = config.n_mels
         self.embed = layers.Embedding(config.mu_classes, config.residual_channels, name="sample_embedding")
+        # lpc_inputs: s[t] and p[t+1] (inputs["lpc"]) through their own tables, summed into layer 0's input
+        self.embed_lpc = ([layers.Embedding(config.mu_classes, config.residual_channels, name=f"{n}_embedding")
+                           for n in ("signal", "prediction")] if config.lpc_inputs else [])
         self.upsampler = (Upsampler(config.cond_channels, config.cond_layers, config.upsample_scales,
                                     conditioning_context(config), math.log(config.log_floor), config.normalize_mel,
                                     name="upsampler")
@@ -236,6 +239,8 @@ class WaveNet(keras.Model):
     def trunk(self, inputs):
         """The residual stack: (gate outputs z_l [B, T, H], layer inputs x_l [B, T, R], conditioning c')."""
         x = self.embed(inputs["audio"])  # [B, T, R]
+        for i, table in enumerate(self.embed_lpc):
+            x = x + table(inputs["lpc"][..., i])
         c = self.conditioning(inputs["mel"]) if self.upsampler is not None else None
         s = self.speaker_embed(inputs["speaker"]) if self.speaker_embed is not None else None  # [B, D]
         if self.trackers is not None and not self.trackers["state"].built:
@@ -270,6 +275,8 @@ def model_inputs(config: Config, batch: int, samples: int) -> dict:
     inputs = {"audio": np.zeros((batch, samples), np.int32)}
     if config.use_mel:
         inputs["mel"] = np.zeros((batch, samples // config.hop_length, config.n_mels), np.float32)
+    if config.lpc_inputs:
+        inputs["lpc"] = np.full((batch, samples, 2), config.mu_classes // 2, np.int32)
     if config.use_speaker:
         inputs["speaker"] = np.zeros((batch,), np.int32)
     return inputs

@@ -5,7 +5,8 @@ from a shipped model after its checkpoints were lost).
 A float fine-tune starts from the source's final EMA weights with a fresh optimizer at step 0, so Adam's bias
 correction and the warm-up (``--set warmup_steps=N``) apply: resuming the source instead would continue its
 schedule with zeroed moments and no bias correction, i.e. a few hundred steps at up to several times its rate.
-Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only).
+Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only,
+and ``lpc_inputs=true`` on an excitation model: LPCNet's extra inputs, their tables starting at zero).
 
 The QAT run is a run folder like any other (resumed by the same command), whose config is the source's with
 ``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
@@ -21,6 +22,8 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edge_runtime.errors import WavenetEdgeError
 from training import checkpoint as ckpt_io
@@ -87,7 +90,8 @@ class FineTuneSource:
         if config.qat != qat:
             raise QATError(f"qat={str(config.qat).lower()} contradicts {option(qat)}")
         a, b = self.config.to_dict(), config.to_dict()
-        changed = [k for k in a if k not in TUNABLE | {"qat"} and a[k] != b[k]]
+        grows = not qat and not a["lpc_inputs"] and b["lpc_inputs"]  # see load_into
+        changed = [k for k in a if k not in TUNABLE | {"qat"} | ({"lpc_inputs"} if grows else set()) and a[k] != b[k]]
         if changed:
             k = changed[0]
             raise QATError(f"a fine-tuning run keeps the architecture and data of its source: {k} is {a[k]!r} in "
@@ -122,8 +126,15 @@ class FineTuneSource:
             raise QATError(f"{run_dir} fine-tunes another run ({source}): choose a new --out")
 
     def load_into(self, learner) -> None:
-        """The source's final EMA weights into the model and its EMA (the ranges are set by calibration)."""
-        ckpt_io.assign_arrays(learner.variables, ckpt_io.load_ema(self.checkpoint), f"{self.checkpoint}/ema.npz")
+        """The source's final EMA weights into the model and its EMA (the ranges are set by calibration).
+
+        A float fine-tune may turn ``lpc_inputs`` on: the new signal and prediction tables start at zero, so the
+        run starts from exactly the source's model and learns what the new inputs add."""
+        arrays = ckpt_io.load_ema(self.checkpoint)
+        if not self.config.lpc_inputs:
+            arrays.update({t.embeddings.path: np.zeros(t.embeddings.shape, np.float32)
+                           for t in learner.model.embed_lpc})
+        ckpt_io.assign_arrays(learner.variables, arrays, f"{self.checkpoint}/ema.npz")
         for e, v in zip(learner.ema, learner.variables):
             e.assign(v)
 

@@ -61,11 +61,13 @@ def graph_state_gains(weights: dict, scaled: bool) -> np.ndarray | None:
     return weights.get("state_gains") if scaled else None
 
 
-def state_embedding(weights: dict, fake_quant: bool = False) -> np.ndarray:
-    """The sample embedding table [classes, R] as the step graph's ``state`` rows hold it (the manifest's table):
-    scaled by layer 0's gain in the int8 graph of a per-layer QAT model, else the model's own."""
+def state_embedding(weights: dict, fake_quant: bool = False, name: str = "embedding") -> np.ndarray:
+    """An input embedding table [classes, R] as the step graph's ``state`` rows hold it (the manifest's table):
+    scaled by layer 0's gain in the int8 graph of a per-layer QAT model, else the model's own. ``name``: the
+    sample embedding, or an lpc_inputs model's ``signal_embedding`` or ``prediction_embedding`` (row 0 holds
+    the sum of the three)."""
     gains = graph_state_gains(weights, fake_quant)
-    return weights["embedding"] if gains is None else weights["embedding"] * gains[0]
+    return weights[name] if gains is None else weights[name] * gains[0]
 
 
 def step_weights(model: WaveNet) -> dict:
@@ -98,6 +100,7 @@ def step_weights(model: WaveNet) -> dict:
             "head1_w": snap(model.head1.kernel.numpy()), "head1_b": model.head1.bias.numpy(),
             "head2_w": snap(model.head2.kernel.numpy()), "head2_b": model.head2.bias.numpy(),
             "embedding": model.embed.embeddings.numpy(),
+            **{t.name: t.embeddings.numpy() for t in model.embed_lpc},  # signal_embedding, prediction_embedding
             "ranges": ranges, "state_gains": state_gains(cfg, ranges)}
 
 

@@ -5,8 +5,9 @@
 OUT_DIR/data (generated two-speaker audio), OUT_DIR/val (its validation files), OUT_DIR/run (a tiny model
 trained for a few seconds), OUT_DIR/models/{float32,float16,dynamic,int8} (exported), OUT_DIR/models_b2
 (dynamic, batch 2), OUT_DIR/uncond (a tiny model without conditioning, float32), OUT_DIR/emph (pre-emphasis,
-float32), OUT_DIR/lpc (LPC excitation + pre-emphasis, float32), OUT_DIR/reference.npz (the
-validation utterances and the float32 TF model's teacher-forced logits) and OUT_DIR/tf_eval.json.
+float32), OUT_DIR/lpc (LPC excitation + pre-emphasis, float32), OUT_DIR/lpcin_{float32,int8} (LPCNet's inputs
+too: format 3), OUT_DIR/reference.npz (the validation utterances and the float32 TF model's teacher-forced
+logits) and OUT_DIR/tf_eval.json.
 """
 
 import json
@@ -73,6 +74,19 @@ def main(out: Path) -> None:
     model, cfg, _ = load_model(out / "lpc_run")
     nll, count = NLLScorer(model, cfg)(load_utterances(out / "val", cfg))
     (out / "lpc_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
+
+    # LPCNet's inputs (format 3): s[t] and p[t+1] embedded beside the excitation; float32 and int8.
+    inputs = Config.preset("tiny", seed=6, steps=60, preemphasis=0.85, lpc_order=8, lpc_inputs=True, val_every=60,
+                           checkpoint_every=60)
+    train(inputs, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "lpcin_run", **quiet)
+    for variant in ("float32", "int8"):
+        export(out / "lpcin_run", out / f"lpcin_{variant}", variant, log=lambda m: None)
+    model, cfg, _ = load_model(out / "lpcin_run")
+    val = load_utterances(out / "val", cfg)
+    nll, count = NLLScorer(model, cfg)(val)
+    (out / "lpcin_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
+    np.savez(out / "lpcin_reference.npz", classes=val[0].classes, mel=val[0].mel, lpc=val[0].lpc,
+             logits=model(utterance_inputs(val[0], cfg)).numpy()[0, :-1])
 
     plain = Config.preset("tiny", seed=3, steps=60, n_mels=0, speaker_dim=0, val_every=60, checkpoint_every=60)
     train(plain, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "uncond_run", **quiet)

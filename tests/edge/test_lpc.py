@@ -148,6 +148,88 @@ def test_excitation_model_streams_and_scores_like_training(built, reference):
     assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < 1e-3
 
 
+def test_input_classes_are_what_the_stepwise_rows_read():
+    # training's vectorised s[t], p[t+1] (input_classes) and the runtime's per-step filter (InputRows) on the same
+    # classes: the same bits at every position, so a teacher-forced runtime sees exactly the training inputs
+    rng = np.random.default_rng(4)
+    audio = preemphasize(resonance(900.0, 0.95, n=2400, seed=4), 0.85)
+    a = coefficients(audio, order=16, gamma=0.9, preemphasis=0.85)
+    classes = mu_law_encode(lpc.excitation(audio, a, HOP) + rng.normal(0, 0.01, audio.shape))
+    expected = lpc.input_classes(classes, a, HOP, 256)
+    assert expected.shape == (2400, 2) and len(np.unique(expected[:, 1])) > 40  # p spans many classes
+    eye, zero = np.eye(256, dtype=np.float32), np.zeros((256, 256), np.float32)
+    # one-hot tables: a row's first half names its s class, its second half its p class
+    rows = lpc.InputRows((np.hstack([zero, zero]), np.hstack([eye, zero]), np.hstack([zero, eye])), 16, HOP, 1,
+                         lambda x: x)
+    rows.filter.add_frames(a)
+    rows.push(classes[:1])  # teacher forcing: the filter starts at the first sample, as in training
+    got = []
+    for current, following in zip(classes[:-1], classes[1:]):
+        row = rows.row(np.array([current]))[0]
+        got.append((row[:256].argmax(), row[256:].argmax()))
+        rows.push(np.array([following]))
+    np.testing.assert_array_equal(np.array(got), expected[:-1])
+    assert expected[-1, 1] == 128  # p[T] lies past the last frame: silence
+
+
+def test_lpc_inputs_model_scores_and_streams_like_training(built):
+    with np.load(built / "lpcin_reference.npz") as data:
+        case = {k: data[k] for k in data.files}
+    tf_nll, results = json.loads((built / "lpcin_tf_eval.json").read_text()), []
+    # float32 on both engines (the native loop runs the synthesis filter in C), int8 on LiteRT
+    for variant, engine, tolerance, nll_gap in (("float32", "native", 1e-5, 1e-4), ("float32", "litert", 1e-5, 1e-4),
+                                                ("int8", "auto", 0.05, 0.02)):
+        synth = Synthesizer.load(built / f"lpcin_{variant}", engine=engine)
+        assert synth.manifest.version == 3 and synth.engine.startswith("native" if engine == "native" else "litert")
+        logits = synth.teacher_forced_logits(case["classes"], case["mel"], "alice")
+        error = np.abs(logits - case["logits"]).max() / np.ptp(case["logits"])
+        assert error < tolerance, (variant, error)
+        result = evaluate_folder(synth, built / "val")
+        assert result["samples"] == tf_nll["samples"]
+        assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < nll_gap, (variant, result)
+        mel = case["mel"]
+        offline = np.concatenate(list(synth.stream(mel, seed=5)))
+        blocks = (mel[i:i + 3] for i in range(0, mel.shape[0], 3))
+        np.testing.assert_array_equal(np.concatenate(list(synth.stream(blocks, seed=5, block=37))), offline)
+        assert offline.shape == (case["classes"].shape[0],) and 0.01 < np.abs(offline).max() <= 1
+        if variant == "float32":
+            results.append(offline)
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)  # native == LiteRT
+
+
+@pytest.mark.parametrize("engine", ["native", "litert"])
+def test_lpc_inputs_rows_change_the_logits(built, tmp_path, engine):
+    # the s and p tables are read: zeroing them moves every teacher-forced logit row (a tiny model's little)
+    from edge_runtime.manifest import encode_array
+
+    with np.load(built / "lpcin_reference.npz") as data:
+        classes, mel = data["classes"][:400], data["mel"]
+
+    def zero_tables(d):
+        for name in ("signal_embedding", "prediction_embedding"):
+            shape = d["tables"][name]["shape"]
+            d["tables"][name] = encode_array(np.zeros(shape, np.float32))
+
+    plain = Synthesizer.load(edited_model(built / "lpcin_float32", tmp_path, zero_tables), engine=engine)
+    logits = Synthesizer.load(built / "lpcin_float32", engine=engine).teacher_forced_logits(classes, mel, "alice")
+    zeroed = plain.teacher_forced_logits(classes, mel, "alice")
+    moved = np.abs(logits - zeroed).max(axis=1) / np.ptp(logits)  # per row; the engines agree to ~1e-7
+    assert moved.min() > 1e-4 and moved.mean() > 1e-3, (moved.min(), moved.mean())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["tables"].pop("prediction_embedding"), "signal and prediction embedding tables must be given"),
+    (lambda d: d["tables"].update(signal_embedding=d["tables"]["speaker_bias"]), "each of shape"),
+    (lambda d: d.update(format_version=2), "an lpc_inputs model is format 3, and only such a model"),
+    (lambda d: d["config"].update(lpc_inputs=False), "an lpc_inputs model is format 3"),
+    (lambda d: d.update(postfilter=[d["postfilter"][1]]) or d["config"].update(lpc_order=0),
+     "format 3 .LPC inputs. needs an LPC postfilter"),
+])
+def test_bad_lpc_inputs_manifests_are_model_errors(built, tmp_path, change, message):
+    with pytest.raises(ModelError, match=message):
+        load_manifest(edited_model(built / "lpcin_float32", tmp_path, change))
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(postfilter=[{"type": "deemphasis", "coefficient": 0.85}]), "does not match the model's lpc"),
     (lambda d: d["postfilter"][0].update(order=12), "does not match the model's lpc"),

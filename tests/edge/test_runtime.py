@@ -128,8 +128,8 @@ def test_int8_step_graph_is_edge_tpu_compatible(built):
 
 
 def test_format_versions(built, tmp_path):
-    # Exports write format 2; format 1 (the voices shipped until the LPC re-ship: tests/data/format1) still runs
-    # (test_native.py). Any other version, or a graph that does not have the inputs its version says, is one
+    # Exports write format 2 (3 for lpc_inputs models: test_lpc.py); format 1 (the voices shipped until the LPC
+    # re-ship: tests/data/format1) still runs (test_native.py). Any other version, or a graph that does not have the inputs its version says, is one
     # clean ModelError.
     import shutil
 
@@ -137,7 +137,8 @@ def test_format_versions(built, tmp_path):
 
     model = shutil.copytree(built / "models/float32", tmp_path / "model")
     data = json.loads((model / "manifest.json").read_text())
-    for version, message in [(3, "format version 3; this runtime reads versions 1, 2"), ("2", "format version '2'"),
+    for version, message in [(4, "format version 4; this runtime reads versions 1, 2, 3"), ("2", "format version '2'"),
+                             (3, "an lpc_inputs model is format 3, and only such a model"),
                              (1, "step.tflite has inputs")]:
         (model / "manifest.json").write_text(json.dumps(dict(data, format_version=version)))
         with pytest.raises(ModelError, match=message):

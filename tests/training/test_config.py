@@ -93,6 +93,8 @@ def test_lpc_needs_the_mel_and_fits_in_a_frame():
         Config.preset("tiny", lpc_order=8, n_fft=32768, win_length=32768)
     assert Config.preset("tiny", lpc_order=8, n_fft=16384, win_length=16384).n_fft == 16384
     assert Config.preset("tiny", n_fft=32768, win_length=32768).n_fft == 32768  # no LPC: no such bound
+    with pytest.raises(ConfigError, match=r"lpc_inputs needs lpc_order > 0"):
+        Config.preset("tiny", lpc_inputs=True)
 
 
 def test_qat_needs_float32_compute():
@@ -117,7 +119,7 @@ def test_old_configs_keep_their_recipe():
     """A config saved before the recipe options existed loads with the recipe it was trained with."""
     values = Config.preset("s").to_dict()
     for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis", "qat",
-                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma"):
+                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma", "lpc_inputs"):
         values.pop(key)
     old = Config.from_dict(values)
     assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (

@@ -176,6 +176,28 @@ def test_lpc_targets_are_the_excitation_of_the_emphasised_audio(tiny_config):
     synthesis = Synthesis(8, config.hop_length)  # and the runtime's filter puts it back
     synthesis.add_frames(a)
     np.testing.assert_allclose(synthesis(e)[:, 0], preemphasize(audio[:n], 0.85), atol=1e-5)
+    assert excit.lpc is None
+
+
+def test_lpc_inputs_are_the_filtered_classes_and_the_next_prediction(tiny_config):
+    from edge_runtime.audio import mu_law_decode
+    from edge_runtime.lpc import Synthesis, coefficients_for
+    from training.data import prepare
+
+    audio = voice(np.random.default_rng(2), 150.0, 0.5, 8000)
+    config = tiny_config.replace(preemphasis=0.85, lpc_order=8, lpc_inputs=True)
+    u = prepare(audio, config, "a", 0)
+    np.testing.assert_array_equal(u.classes, prepare(audio, config.replace(lpc_inputs=False), "a", 0).classes)
+    a = coefficients_for(u.mel, config.to_dict())
+    synthesis = Synthesis(8, config.hop_length)  # s: the filter on the quantised excitation, as generation sees it
+    synthesis.add_frames(a)
+    s = synthesis(mu_law_decode(u.classes).astype(np.float64))[:, 0]
+    past = np.stack([np.concatenate([np.zeros(k), s[:-k]]) for k in range(1, 9)], axis=1)
+    p = -(np.repeat(a, config.hop_length, axis=0) * past).sum(axis=1)  # p[t] = -sum_k a_k s[t-k]
+    assert u.lpc.shape == (u.num_samples, 2) and u.lpc.dtype == np.int32
+    np.testing.assert_array_equal(u.lpc[:, 0], mu_law_encode(s))
+    np.testing.assert_array_equal(u.lpc[:-1, 1], mu_law_encode(p[1:]))
+    assert u.lpc[-1, 1] == 128 and np.abs(s - p - mu_law_decode(u.classes)).max() < 1e-12
 
 
 def test_input_noise_is_rounded_gaussian_within_the_class_range():

@@ -128,6 +128,31 @@ def test_finetune_starts_from_the_source_weights_with_a_fresh_optimizer(tiny_run
     assert 0 < max(np.abs(moved[k] - source_ema[k]).max() for k in moved) < 0.05
 
 
+def test_finetune_can_add_lpc_inputs_starting_from_the_same_model(tiny_data, tmp_path):
+    from training.qat import QATError
+    from training.train import DataArgs, train
+
+    source = tmp_path / "lpc"
+    config = Config.preset("tiny", seed=2, steps=20, lpc_order=8, val_every=20, checkpoint_every=20)
+    before = train(config, DataArgs(str(tiny_data), val_regex=r"_[01]\.wav$"), source, progress=False,
+                   log=lambda m: None)
+    out = tmp_path / "ft"
+    summary, _ = qat_train(source, out, 0, "lpc_inputs=true", "val_every=6", "checkpoint_every=6", qat=False)
+    assert Config.from_json(out / "config.json").lpc_inputs
+    # zero signal and prediction tables: exactly the source's model (its NLL), everything else its EMA weights
+    assert summary["val_nll_bits"] == pytest.approx(before["val_nll_bits"], rel=1e-6)
+    start = np.load(ckpt_io.checkpoints(out)[-1] / "ema.npz")
+    source_ema = np.load(ckpt_io.checkpoints(source)[-1] / "ema.npz")
+    new = sorted(set(start) - set(source_ema))
+    assert len(new) == 2 and all("signal_embedding" in k or "prediction_embedding" in k for k in new)
+    assert all(not start[k].any() for k in new) and all(np.array_equal(start[k], source_ema[k]) for k in source_ema)
+    qat_train(source, out, 6, "lpc_inputs=true", "val_every=6", "checkpoint_every=6", qat=False)
+    moved = np.load(ckpt_io.checkpoints(out)[-1] / "weights.npz")
+    assert all(np.abs(moved[k]).max() > 1e-4 for k in new)  # the new inputs are learned
+    with pytest.raises(QATError, match="architecture and data .* lpc_inputs"):  # not in a QAT run
+        qat_train(source, tmp_path / "q", 5, "lpc_inputs=true")
+
+
 def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
     source, (qat_dir, _), out = tiny_run[0], qat_run, tmp_path / "new"
     cases = [

@@ -7,14 +7,14 @@ from tests.helpers import REPO  # noqa: F401 (puts tools/ on the path)
 from training import checkpoint as ckpt_io
 
 
-def random_run(run_dir, data_dir, step: int = 2):
+def random_run(run_dir, data_dir, step: int = 2, **changes):
     """A finished run folder at ``step`` whose every weight is random (asymmetric smoothing filters too)."""
     import tensorflow as tf
 
     from training.config import Config
     from training.train import Learner
 
-    config = Config.preset("tiny", speakers=("alice", "bob"), steps=step)
+    config = Config.preset("tiny", speakers=("alice", "bob"), steps=step, **changes)
     learner, rng = Learner(config, tf.distribute.get_strategy()), np.random.default_rng(5)
     for v, e in zip(learner.variables, learner.ema):
         e.assign(v.numpy() + rng.normal(0, 0.05, v.shape).astype(np.float32))
@@ -56,3 +56,18 @@ def test_recovered_run_has_the_exported_weights(tiny_data, tmp_path):
     assert all(np.array_equal(ema[k], weights[k]) for k in ema.files)
 
     assert main([str(model_dir), "--out", str(tmp_path / "rec")]) == 2  # exists: one line, nothing replaced
+
+
+def test_recovered_lpc_inputs_run_has_its_signal_and_prediction_tables(tiny_data, tmp_path):
+    from convert.export import export
+    from recover_run import recover
+    from training.step import step_weights
+
+    run, model_dir = tmp_path / "run", tmp_path / "f16"
+    random_run(run, tiny_data, lpc_order=8, lpc_inputs=True)
+    export(run, model_dir, "float16", eval_samples=2000, log=lambda m: None)
+    summary = recover(model_dir, tmp_path / "rec", str(tiny_data))
+    assert summary["format_version"] == 3 and summary["logit_error"] < 1e-5  # the s and p inputs checked too
+    a, b = step_weights(ckpt_io.load_model(run)[0]), step_weights(ckpt_io.load_model(tmp_path / "rec")[0])
+    for key in ("embedding", "signal_embedding", "prediction_embedding"):
+        assert np.array_equal(a[key], b[key]) and np.ptp(a[key]) > 0
