@@ -197,6 +197,17 @@ def test_lpc_inputs_model_scores_and_streams_like_training(built):
     np.testing.assert_allclose(results[0], results[1], atol=1e-6)  # native == LiteRT
 
 
+def test_native_lpc_rows_are_checked_against_litert_at_load(built, monkeypatch):
+    from edge_runtime import native
+
+    synth = Synthesizer.load(built / "lpcin_float32", engine="native")
+    assert synth._compare_engines(synth._native) < 1e-5  # rows from random coefficients and classes agree
+    # a C filter fed the wrong µ-law decode builds other s and p rows: the load-time check refuses it
+    monkeypatch.setattr(native, "mu_law_decode", lambda classes, q: np.zeros(q, np.float32))
+    refused = Synthesizer.load(built / "lpcin_float32")
+    assert refused.engine == "litert" and refused.engine_note.startswith("it differs from LiteRT")
+
+
 @pytest.mark.parametrize("engine", ["native", "litert"])
 def test_lpc_inputs_rows_change_the_logits(built, tmp_path, engine):
     # the s and p tables are read: zeroing them moves every teacher-forced logit row (a tiny model's little)
