@@ -471,7 +471,54 @@ static PyObject *lpc_synthesis(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc): LPCNet's input rows of B streams for
+   the LiteRT loop (edge_runtime/lpc.py InputRows; the native engine does the same inside its loop). rows: float32
+   [B][R] out; prev: int64 [B]; emb, emb_s, emb_p: float32 [Q][R]; coefficients, past: float64 [B][p] (this
+   sample's coefficients, s[t-1], s[t-2], ...); signal: float64 [B], s[t-1]; acc: float64 [B] out,
+   sum_k a_k s[t-k] (the prediction, negated, which the filter then subtracts). */
+static PyObject *lpc_rows(PyObject *self, PyObject *args) {
+    PyObject *obj[9];
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &obj[6], &obj[7],
+                          &obj[8]))
+        return NULL;
+    Py_buffer v[9];
+    const int writable[9] = {1, 0, 0, 0, 0, 0, 0, 0, 1};
+    int got = 0;
+    for (; got < 9; got++)
+        if (get_buffer(obj[got], &v[got], 0, writable[got], "lpc_rows buffer") < 0) break;
+    Py_ssize_t B = v[7].len / 8, Q = got == 9 ? v[2].len / 4 : 0, R = B ? v[0].len / 4 / B : 0;
+    Py_ssize_t p = B ? v[6].len / 8 / B : 0;
+    int ok = got == 9 && B > 0 && R > 0 && Q % R == 0 && p > 0 && p <= 64 && v[1].len == 8 * B && v[8].len == 8 * B
+             && v[3].len == v[2].len && v[4].len == v[2].len && v[5].len == v[6].len;
+    const int64_t *prev = ok ? v[1].buf : NULL;
+    for (Py_ssize_t b = 0; ok && b < B; b++) ok = prev[b] >= 0 && prev[b] < Q / R;
+    if (ok) {
+        Py_ssize_t classes = Q / R;
+        float *rows = v[0].buf;
+        const float *emb = v[2].buf, *emb_s = v[3].buf, *emb_p = v[4].buf;
+        const double *a = v[5].buf, *past = v[6].buf, *signal = v[7].buf;
+        double *acc = v[8].buf;
+        for (Py_ssize_t b = 0; b < B; b++) {
+            double sum = 0.0;
+            for (Py_ssize_t k = 0; k < p; k++) sum += a[b * p + k] * past[b * p + k];
+            acc[b] = sum;
+            const float *x = emb + prev[b] * R, *y = emb_s + (Py_ssize_t)mu_law_class(signal[b], (int)classes) * R;
+            const float *z = emb_p + (Py_ssize_t)mu_law_class(-sum, (int)classes) * R;
+            for (Py_ssize_t i = 0; i < R; i++) rows[b * R + i] = (x[i] + y[i]) + z[i];
+        }
+    }
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    if (got < 9) return NULL;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "lpc_rows: buffers of mismatched sizes, or a sample out of range");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"lpc_rows", lpc_rows, METH_VARARGS,
+     "lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc): LPCNet's input rows (edge_runtime/lpc.py)"},
     {"lpc_synthesis", lpc_synthesis, METH_VARARGS,
      "lpc_synthesis(samples, coefficients, past, offset, hop): the LPC synthesis filter in place (edge_runtime/lpc.py)"},
     {NULL}};

@@ -148,7 +148,8 @@ def test_excitation_model_streams_and_scores_like_training(built, reference):
     assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < 1e-3
 
 
-def test_input_classes_are_what_the_stepwise_rows_read():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_input_classes_are_what_the_stepwise_rows_read(compiled):
     # training's vectorised s[t], p[t+1] (input_classes) and the runtime's per-step filter (InputRows) on the same
     # classes: the same bits at every position, so a teacher-forced runtime sees exactly the training inputs
     rng = np.random.default_rng(4)
@@ -161,11 +162,14 @@ def test_input_classes_are_what_the_stepwise_rows_read():
     # one-hot tables: a row's first half names its s class, its second half its p class
     rows = lpc.InputRows((np.hstack([zero, zero]), np.hstack([eye, zero]), np.hstack([zero, eye])), 16, HOP, 1,
                          lambda x: x)
+    assert (rows._kernel is not None) == (kernel_module() is not None)
+    if not compiled:
+        rows._kernel = None  # numpy's rows, where the extension is not built
     rows.filter.add_frames(a)
     rows.push(classes[:1])  # teacher forcing: the filter starts at the first sample, as in training
     got = []
     for current, following in zip(classes[:-1], classes[1:]):
-        row = rows.row(np.array([current]))[0]
+        row = rows.row(np.array([current], np.int64))[0]
         got.append((row[:256].argmax(), row[256:].argmax()))
         rows.push(np.array([following]))
     np.testing.assert_array_equal(np.array(got), expected[:-1])
