@@ -57,6 +57,7 @@ typedef struct {
 /* µ-law class of x (clipped to [-1, 1]), in edge_runtime/audio.py's mu_law_encode's float64 operations. */
 static int mu_law_class(double x, int classes) {
     double mu = classes - 1;
+    if (x != x) x = 0.0;  /* NaN (never from a finite mel and a stable filter): a valid class, not an overrun */
     x = x < -1.0 ? -1.0 : x > 1.0 ? 1.0 : x;
     double sign = x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0;
     double y = sign * log1p(mu * fabs(x)) / log1p(mu);
