@@ -140,6 +140,18 @@ static void step(Engine *e, const float *cond, const float *extra) {
     matvec(e, &e->mats[2 * L + 1], e->hidden, e->logits);
 }
 
+/* Layer 0's current input: the previous sample's embedding, or an lpc_inputs model's three rows from this
+   sample's coefficients a; returns the LPC sum acc the filter then subtracts (0 without LPC inputs). */
+static double input_row(const Engine *e, int prev, const double *a, float *now) {
+    if (!a) {
+        memcpy(now, e->emb + (size_t)prev * e->R, e->R * sizeof(float));
+        return 0.0;
+    }
+    double acc = lpc_acc(e, a);
+    lpc_row(e, prev, acc, now);
+    return acc;
+}
+
 /* ------------------------------------------------------------------------------------ Python bindings */
 
 /* A borrowed C-contiguous buffer of at least `bytes` bytes, or NULL with an exception set. */
@@ -355,14 +367,12 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
         release_run(&b);
         return NULL;
     }
-    if ((e->lpc_order > 0) != (b.lpc.obj != NULL)) {
+    const char *mismatch = NULL;
+    if ((e->E > 0) != (b.extra.obj != NULL)) mismatch = "extra conditioning given to a model without it";
+    if ((e->lpc_order > 0) != (b.lpc.obj != NULL)) mismatch = "LPC coefficients given to a model without LPC inputs";
+    if (mismatch) {
         release_run(&b);
-        PyErr_SetString(PyExc_ValueError, "LPC coefficients given to a model without LPC inputs, or missing");
-        return NULL;
-    }
-    if ((e->E > 0) != (b.extra.obj != NULL)) {
-        release_run(&b);
-        PyErr_SetString(PyExc_ValueError, "extra conditioning given to a model without it, or missing");
+        PyErr_Format(PyExc_ValueError, "%s, or missing", mismatch);
         return NULL;
     }
     const float *cond_p = b.cond.buf, *extra_p = b.extra.buf, *noise_p = b.noise.buf;
@@ -374,13 +384,7 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         float *now = e->hist + (size_t)(e->t & (e->ring - 1)) * e->L * e->R;
-        double acc = 0.0;  /* the LPC prediction of the sample being generated, negated */
-        if (lpc_p) {
-            acc = lpc_acc(e, lpc_p + i * e->lpc_order);
-            lpc_row(e, prev, acc, now);
-        } else {
-            memcpy(now, e->emb + (size_t)prev * e->R, e->R * sizeof(float));
-        }
+        double acc = input_row(e, prev, lpc_p ? lpc_p + i * e->lpc_order : NULL, now);
         step(e, cond_p ? cond_p + i * cond_stride : NULL, extra_p ? extra_p + i * e->E : NULL);
         if (logits_p) memcpy(logits_p + i * e->Q, e->logits, e->Q * sizeof(float));
         if (forced_p) {
