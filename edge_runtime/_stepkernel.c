@@ -476,22 +476,25 @@ static PyObject *lpc_synthesis(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc): LPCNet's input rows of B streams for
-   the LiteRT loop (edge_runtime/lpc.py InputRows; the native engine does the same inside its loop). rows: float32
-   [B][R] out; prev: int64 [B]; emb, emb_s, emb_p: float32 [Q][R]; coefficients, past: float64 [B][p] (this
-   sample's coefficients, s[t-1], s[t-2], ...); signal: float64 [B], s[t-1]; acc: float64 [B] out,
+/* lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc, scale, zero): LPCNet's input rows of
+   B streams for the LiteRT loop (edge_runtime/lpc.py InputRows; the native engine does the same inside its loop).
+   rows: [B][R] out, float32, or int8 when scale > 0 (Port.quantize's float32 operations: x / scale rounded half
+   to even, + zero, clipped); prev: int64 [B]; emb, emb_s, emb_p: float32 [Q][R]; coefficients, past: float64
+   [B][p] (this sample's coefficients, s[t-1], s[t-2], ...); signal: float64 [B], s[t-1]; acc: float64 [B] out,
    sum_k a_k s[t-k] (the prediction, negated, which the filter then subtracts). */
 static PyObject *lpc_rows(PyObject *self, PyObject *args) {
     PyObject *obj[9];
-    if (!PyArg_ParseTuple(args, "OOOOOOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &obj[6], &obj[7],
-                          &obj[8]))
+    double scale;
+    int zero;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOdi", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &obj[6],
+                          &obj[7], &obj[8], &scale, &zero))
         return NULL;
     Py_buffer v[9];
     const int writable[9] = {1, 0, 0, 0, 0, 0, 0, 0, 1};
     int got = 0;
     for (; got < 9; got++)
         if (get_buffer(obj[got], &v[got], 0, writable[got], "lpc_rows buffer") < 0) break;
-    Py_ssize_t B = v[7].len / 8, Q = got == 9 ? v[2].len / 4 : 0, R = B ? v[0].len / 4 / B : 0;
+    Py_ssize_t B = v[7].len / 8, Q = got == 9 ? v[2].len / 4 : 0, R = B ? v[0].len / (scale > 0 ? 1 : 4) / B : 0;
     Py_ssize_t p = B ? v[6].len / 8 / B : 0;
     int ok = got == 9 && B > 0 && R > 0 && Q % R == 0 && p > 0 && p <= 64 && v[1].len == 8 * B && v[8].len == 8 * B
              && v[3].len == v[2].len && v[4].len == v[2].len && v[5].len == v[6].len;
@@ -500,6 +503,8 @@ static PyObject *lpc_rows(PyObject *self, PyObject *args) {
     if (ok) {
         Py_ssize_t classes = Q / R;
         float *rows = v[0].buf;
+        int8_t *codes = v[0].buf;
+        const float inv = (float)scale;
         const float *emb = v[2].buf, *emb_s = v[3].buf, *emb_p = v[4].buf;
         const double *a = v[5].buf, *past = v[6].buf, *signal = v[7].buf;
         double *acc = v[8].buf;
@@ -509,7 +514,15 @@ static PyObject *lpc_rows(PyObject *self, PyObject *args) {
             acc[b] = sum;
             const float *x = emb + prev[b] * R, *y = emb_s + (Py_ssize_t)mu_law_class(signal[b], (int)classes) * R;
             const float *z = emb_p + (Py_ssize_t)mu_law_class(-sum, (int)classes) * R;
-            for (Py_ssize_t i = 0; i < R; i++) rows[b * R + i] = (x[i] + y[i]) + z[i];
+            for (Py_ssize_t i = 0; i < R; i++) {
+                float row = (x[i] + y[i]) + z[i];
+                if (scale <= 0) {
+                    rows[b * R + i] = row;
+                } else {
+                    float q = rintf(row / inv) + (float)zero;
+                    codes[b * R + i] = (int8_t)(q < -128.0f ? -128.0f : q > 127.0f ? 127.0f : q);
+                }
+            }
         }
     }
     for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
@@ -521,9 +534,45 @@ static PyObject *lpc_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* lpc_feed(samples, decode, acc, past, signal): the samples just generated through each stream's synthesis
+   filter, s = decode[e] - acc (acc from lpc_rows), in place: past (float64 [B][p]) shifts, signal (float64 [B])
+   becomes s. */
+static PyObject *lpc_feed(PyObject *self, PyObject *args) {
+    PyObject *obj[5];
+    if (!PyArg_ParseTuple(args, "OOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4])) return NULL;
+    Py_buffer v[5];
+    const int writable[5] = {0, 0, 0, 1, 1};
+    int got = 0;
+    for (; got < 5; got++)
+        if (get_buffer(obj[got], &v[got], 0, writable[got], "lpc_feed buffer") < 0) break;
+    Py_ssize_t B = got == 5 ? v[4].len / 8 : 0, Q = got == 5 ? v[1].len / 8 : 0, p = B ? v[3].len / 8 / B : 0;
+    int ok = got == 5 && B > 0 && p > 0 && v[0].len == 8 * B && v[2].len == 8 * B;
+    const int64_t *e = ok ? v[0].buf : NULL;
+    for (Py_ssize_t b = 0; ok && b < B; b++) ok = e[b] >= 0 && e[b] < Q;
+    if (ok) {
+        const double *decode = v[1].buf, *acc = v[2].buf;
+        double *past = v[3].buf, *signal = v[4].buf;
+        for (Py_ssize_t b = 0; b < B; b++) {
+            double y = decode[e[b]] - acc[b];
+            memmove(past + b * p + 1, past + b * p, (p - 1) * sizeof(double));
+            past[b * p] = y;
+            signal[b] = y;
+        }
+    }
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    if (got < 5) return NULL;
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "lpc_feed: buffers of mismatched sizes, or a sample out of range");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"lpc_feed", lpc_feed, METH_VARARGS,
+     "lpc_feed(samples, decode, acc, past, signal): one sample per stream through the LPC filter"},
     {"lpc_rows", lpc_rows, METH_VARARGS,
-     "lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc): LPCNet's input rows (edge_runtime/lpc.py)"},
+     "lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc, scale, zero): LPCNet's input rows"},
     {"lpc_synthesis", lpc_synthesis, METH_VARARGS,
      "lpc_synthesis(samples, coefficients, past, offset, hop): the LPC synthesis filter in place (edge_runtime/lpc.py)"},
     {NULL}};

@@ -145,6 +145,7 @@ class Synthesis:
         self._first = 0  # index of the oldest frame held
         self._t = 0
         self._past = np.zeros((self.streams, self.order))  # s[t-1], s[t-2], ... per stream
+        self._current = (-1, None)  # (frame, its coefficients [B, p]) of next_coefficients
 
     def add_frames(self, coefficients: np.ndarray) -> None:
         """Coefficients of the next frames: [k, p] (one stream) or [k, B, p]."""
@@ -154,11 +155,14 @@ class Synthesis:
         self._first += done
 
     def next_coefficients(self) -> np.ndarray:
-        """The coefficients of the next sample per stream, float64 [B, p] (C-contiguous)."""
-        frame = (self._t - self._first * self.hop) // self.hop
-        if frame >= self._coefficients.shape[1]:
-            raise IndexError(f"sample {self._t} needs LPC frame {self._t // self.hop}, which has not arrived")
-        return np.ascontiguousarray(self._coefficients[:, frame])
+        """The coefficients of the next sample per stream, float64 [B, p] (C-contiguous; the same array for all
+        samples of a frame)."""
+        if self._t // self.hop != self._current[0]:
+            frame = (self._t - self._first * self.hop) // self.hop
+            if frame >= self._coefficients.shape[1]:
+                raise IndexError(f"sample {self._t} needs LPC frame {self._t // self.hop}, which has not arrived")
+            self._current = (self._t // self.hop, np.ascontiguousarray(self._coefficients[:, frame]))
+        return self._current[1]
 
     def feed(self, e: np.ndarray, acc: np.ndarray) -> np.ndarray:
         """Filters one sample per stream whose ``acc`` (``sum_k a_k s[t-k]``, float64 [B]) is already known:
@@ -237,15 +241,20 @@ class InputRows:
     as training's :func:`input_classes`, so teacher-forced rows equal the training inputs bit for bit."""
 
     def __init__(self, tables: tuple[np.ndarray, np.ndarray, np.ndarray], order: int, hop: int, streams: int,
-                 quantize):
+                 port=None):
+        """``port``: the step graph's ``state`` input (edge_runtime/graph.py Port), whose domain the rows are put
+        in (int8 graphs: its quantization); None: float32 rows."""
         self.tables = tuple(np.ascontiguousarray(t, np.float32) for t in tables)
         self.classes = tables[0].shape[0]
         self.filter = Synthesis(order, hop, streams)
         self._decode = mu_law_decode(np.arange(self.classes), self.classes).astype(np.float64)
-        self._quantize = quantize
-        # the compiled rows (_stepkernel.lpc_rows, ~1 µs per step) where built, else numpy (~30 µs)
-        self._kernel = getattr(kernel_module(), "lpc_rows", None)
-        self._rows = np.empty((streams, self.tables[0].shape[1]), np.float32)
+        self._port = port
+        quantized = port is not None and port.quantized
+        self._scale, self._zero = (port.scale, port.zero) if quantized else (0.0, 0)
+        # compiled rows and filter steps (_stepkernel.lpc_rows, lpc_feed: a few µs per step) where built, else
+        # numpy (~50 µs)
+        self._kernel, self._feed = (getattr(kernel_module(), name, None) for name in ("lpc_rows", "lpc_feed"))
+        self._rows = np.empty((streams, self.tables[0].shape[1]), np.int8 if quantized else np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -257,15 +266,21 @@ class InputRows:
         """The next step's input rows [B, R] from the previous samples' classes [B] (int64)."""
         a = self.filter.next_coefficients()
         if self._kernel is not None:
-            self._kernel(self._rows, previous, *self.tables, a, self.filter._past, self._signal, self._acc)
-            return self._quantize(self._rows)
+            self._kernel(self._rows, np.asarray(previous, np.int64), *self.tables, a, self.filter._past, self._signal, self._acc,
+                         self._scale, self._zero)
+            return self._rows
         self._acc = -prediction(a, self.filter._past)
         sample, signal, predicted = self.tables
         s = mu_law_encode(self._signal, self.classes)
         p = mu_law_encode(-self._acc, self.classes)
-        return self._quantize(sample[previous] + signal[s] + predicted[p])
+        rows = sample[previous] + signal[s] + predicted[p]
+        return rows if self._port is None else self._port.quantize(rows)
 
     def push(self, samples: np.ndarray) -> None:
         """The samples [B] just generated (or forced) after :meth:`row`: filtered into the signal the next row
         reads (the prediction of :meth:`row` is the filter's own sum for them)."""
-        self._signal = self.filter.feed(self._decode[samples], self._acc)
+        if self._feed is not None:  # the same operations as Synthesis.feed, on the filter's own state
+            self._feed(np.asarray(samples, np.int64), self._decode, self._acc, self.filter._past, self._signal)
+            self.filter._t += 1
+        else:
+            self._signal = self.filter.feed(self._decode[samples], self._acc)

@@ -79,7 +79,7 @@ class Synthesizer:
         # LPCNet's inputs (format 3): layer 0's row also holds the filter's signal and next prediction
         self._rows = None if manifest.lpc_inputs is None else lpc.InputRows(
             (manifest.embedding, *manifest.lpc_inputs), manifest.lpc_order, int(cfg["hop_length"]), self.batch,
-            ins["state"].quantize)
+            ins["state"])
         # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
         self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None

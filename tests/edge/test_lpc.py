@@ -160,11 +160,10 @@ def test_input_classes_are_what_the_stepwise_rows_read(compiled):
     assert expected.shape == (2400, 2) and len(np.unique(expected[:, 1])) > 40  # p spans many classes
     eye, zero = np.eye(256, dtype=np.float32), np.zeros((256, 256), np.float32)
     # one-hot tables: a row's first half names its s class, its second half its p class
-    rows = lpc.InputRows((np.hstack([zero, zero]), np.hstack([eye, zero]), np.hstack([zero, eye])), 16, HOP, 1,
-                         lambda x: x)
-    assert (rows._kernel is not None) == (kernel_module() is not None)
+    rows = lpc.InputRows((np.hstack([zero, zero]), np.hstack([eye, zero]), np.hstack([zero, eye])), 16, HOP, 1)
+    assert (rows._kernel is not None) == (rows._feed is not None) == (kernel_module() is not None)
     if not compiled:
-        rows._kernel = None  # numpy's rows, where the extension is not built
+        rows._kernel = rows._feed = None  # numpy's rows and filter steps, where the extension is not built
     rows.filter.add_frames(a)
     rows.push(classes[:1])  # teacher forcing: the filter starts at the first sample, as in training
     got = []
@@ -174,6 +173,30 @@ def test_input_classes_are_what_the_stepwise_rows_read(compiled):
         rows.push(np.array([following]))
     np.testing.assert_array_equal(np.array(got), expected[:-1])
     assert expected[-1, 1] == 128  # p[T] lies past the last frame: silence
+
+
+def test_compiled_rows_of_two_streams_quantize_like_the_port():
+    # an int8 graph's rows: the compiled sum and quantization give the bytes Port.quantize gives numpy's sum
+    from edge_runtime.graph import Port
+
+    port = Port({"index": 0, "dtype": np.int8, "shape": (2, 32), "quantization": (0.0123, 3)})
+    rng = np.random.default_rng(7)
+    tables = tuple(rng.normal(0, 0.5, (256, 32)).astype(np.float32) for _ in range(3))
+    a = rng.normal(0, 0.2, (3, 8))
+    samples = rng.integers(0, 256, (241, 2))
+    outputs = []
+    for compiled in (True, False):
+        rows = lpc.InputRows(tables, 8, HOP, 2, port)
+        if not compiled:
+            rows._kernel = rows._feed = None
+        rows.filter.add_frames(np.stack([a, 0.5 * a], axis=1))  # [frames, B, p]: other coefficients per stream
+        seen = []
+        for previous, generated in zip(samples[:-1], samples[1:]):
+            seen.append(rows.row(previous).copy())
+            rows.push(generated)
+        outputs.append(np.array(seen))
+    assert outputs[0].dtype == np.int8 and np.ptp(outputs[0].astype(int)) > 100  # most of the int8 range
+    np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 def test_lpc_inputs_model_scores_and_streams_like_training(built):

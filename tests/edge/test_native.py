@@ -102,7 +102,7 @@ SHIPPED = Path(default_model_dir()).parent
 
 @pytest.mark.parametrize("folder, version, tolerance", [
     (FORMAT_1 / "default-float16", 1, 1e-5), (FORMAT_1 / "default", 1, 2e-3),
-    (SHIPPED / "default-float16", 2, 1e-5), (SHIPPED / "default", 2, 2e-3), (SHIPPED / "pi", 2, 2e-3)])
+    (SHIPPED / "default-float16", 2, 1e-5), (SHIPPED / "default", 2, 2e-3), (SHIPPED / "pi", 3, 2e-3)])
 def test_voices_score_the_same_through_both_engines(folder, version, tolerance):
     # Format 1 (the conditioning enters every layer's product; the voices shipped until the LPC re-ship, kept in
     # tests/data as old model folders a user may have) and format 2 (per-layer gate inputs): native reads both.
