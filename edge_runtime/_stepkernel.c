@@ -476,62 +476,75 @@ static PyObject *lpc_synthesis(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc, scale, zero): LPCNet's input rows of
-   B streams for the LiteRT loop (edge_runtime/lpc.py InputRows; the native engine does the same inside its loop).
-   rows: [B][R] out, float32, or int8 when scale > 0 (Port.quantize's float32 operations: x / scale rounded half
-   to even, + zero, clipped); prev: int64 [B]; emb, emb_s, emb_p: float32 [Q][R]; coefficients, past: float64
-   [B][p] (this sample's coefficients, s[t-1], s[t-2], ...); signal: float64 [B], s[t-1]; acc: float64 [B] out,
-   sum_k a_k s[t-k] (the prediction, negated, which the filter then subtracts). */
-static PyObject *lpc_rows(PyObject *self, PyObject *args) {
-    PyObject *obj[9];
-    double scale;
-    int zero;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOdi", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &obj[6],
-                          &obj[7], &obj[8], &scale, &zero))
-        return NULL;
-    Py_buffer v[9];
-    const int writable[9] = {1, 0, 0, 0, 0, 0, 0, 0, 1};
-    int got = 0;
-    for (; got < 9; got++)
-        if (get_buffer(obj[got], &v[got], 0, writable[got], "lpc_rows buffer") < 0) break;
-    Py_ssize_t B = v[7].len / 8, Q = got == 9 ? v[2].len / 4 : 0, R = B ? v[0].len / (scale > 0 ? 1 : 4) / B : 0;
-    Py_ssize_t p = B ? v[6].len / 8 / B : 0;
-    int ok = got == 9 && B > 0 && R > 0 && Q % R == 0 && p > 0 && p <= 64 && v[1].len == 8 * B && v[8].len == 8 * B
-             && v[3].len == v[2].len && v[4].len == v[2].len && v[5].len == v[6].len;
-    const int64_t *prev = ok ? v[1].buf : NULL;
-    for (Py_ssize_t b = 0; ok && b < B; b++) ok = prev[b] >= 0 && prev[b] < Q / R;
-    if (ok) {
-        Py_ssize_t classes = Q / R;
-        float *rows = v[0].buf;
-        int8_t *codes = v[0].buf;
-        const float inv = (float)scale;
-        const float *emb = v[2].buf, *emb_s = v[3].buf, *emb_p = v[4].buf;
-        const double *a = v[5].buf, *past = v[6].buf, *signal = v[7].buf;
-        double *acc = v[8].buf;
-        for (Py_ssize_t b = 0; b < B; b++) {
-            double sum = 0.0;
-            for (Py_ssize_t k = 0; k < p; k++) sum += a[b * p + k] * past[b * p + k];
-            acc[b] = sum;
-            const float *x = emb + prev[b] * R, *y = emb_s + (Py_ssize_t)mu_law_class(signal[b], (int)classes) * R;
-            const float *z = emb_p + (Py_ssize_t)mu_law_class(-sum, (int)classes) * R;
-            for (Py_ssize_t i = 0; i < R; i++) {
-                float row = (x[i] + y[i]) + z[i];
-                if (scale <= 0) {
-                    rows[b * R + i] = row;
-                } else {
-                    float q = rintf(row / inv) + (float)zero;
-                    codes[b * R + i] = (int8_t)(q < -128.0f ? -128.0f : q > 127.0f ? 127.0f : q);
-                }
-            }
+/* The buffers of n objects (C-contiguous, writable where asked), or -1 with an exception set and none held. */
+static int get_buffers(PyObject *const *obj, Py_buffer *v, const int *writable, int n, const char *what) {
+    for (int i = 0; i < n; i++) {
+        if (get_buffer(obj[i], &v[i], 0, writable[i], what) < 0) {
+            while (i--) PyBuffer_Release(&v[i]);
+            return -1;
         }
     }
-    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-    if (got < 9) return NULL;
+    return 0;
+}
+
+/* Releases get_buffers' n buffers; None, or NULL with `error` as a ValueError where !ok. */
+static PyObject *release_buffers(Py_buffer *v, int n, int ok, const char *error) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&v[i]);
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "lpc_rows: buffers of mismatched sizes, or a sample out of range");
+        PyErr_SetString(PyExc_ValueError, error);
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* One stream's row of lpc_rows: the three embeddings summed in float32, then Port.quantize's float32
+   operations where scale > 0 (x / scale rounded half to even, + zero, clipped). */
+static void write_row(const float *x, const float *y, const float *z, Py_ssize_t R, double scale, int zero,
+                      void *out) {
+    for (Py_ssize_t i = 0; i < R; i++) {
+        float row = (x[i] + y[i]) + z[i];
+        if (scale <= 0) {
+            ((float *)out)[i] = row;
+        } else {
+            float q = rintf(row / (float)scale) + (float)zero;
+            ((int8_t *)out)[i] = (int8_t)(q < -128.0f ? -128.0f : q > 127.0f ? 127.0f : q);
+        }
+    }
+}
+
+/* lpc_rows(rows, prev, emb, emb_s, emb_p, coefficients, past, signal, acc, scale, zero): LPCNet's input rows of
+   B streams for the LiteRT loop (edge_runtime/lpc.py InputRows; the native engine does the same inside its loop).
+   rows: [B][R] out, float32, or int8 when scale > 0; prev: int64 [B]; emb, emb_s, emb_p: float32 [Q][R];
+   coefficients, past: float64 [B][p] (this sample's coefficients, s[t-1], s[t-2], ...); signal: float64 [B],
+   s[t-1]; acc: float64 [B] out, sum_k a_k s[t-k] (the prediction, negated, which the filter then subtracts). */
+static PyObject *lpc_rows(PyObject *self, PyObject *args) {
+    PyObject *obj[9];
+    Py_buffer v[9];
+    double scale;
+    int zero;
+    const int writable[9] = {1, 0, 0, 0, 0, 0, 0, 0, 1};
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOdi", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4], &obj[5], &obj[6],
+                          &obj[7], &obj[8], &scale, &zero)
+        || get_buffers(obj, v, writable, 9, "lpc_rows buffer") < 0)
+        return NULL;
+    Py_ssize_t B = v[7].len / 8, QR = v[2].len / 4, R = B ? v[0].len / (scale > 0 ? 1 : 4) / B : 0;
+    Py_ssize_t p = B ? v[6].len / 8 / B : 0, Q = R ? QR / R : 0;
+    int ok = B > 0 && R > 0 && QR % R == 0 && p > 0 && p <= 64 && v[1].len == 8 * B && v[8].len == 8 * B
+             && v[3].len == v[2].len && v[4].len == v[2].len && v[5].len == v[6].len;
+    const int64_t *prev = v[1].buf;
+    for (Py_ssize_t b = 0; ok && b < B; b++) ok = prev[b] >= 0 && prev[b] < Q;
+    const float *emb = v[2].buf, *emb_s = v[3].buf, *emb_p = v[4].buf;
+    const double *a = v[5].buf, *past = v[6].buf, *signal = v[7].buf;
+    double *acc = v[8].buf;
+    for (Py_ssize_t b = 0; ok && b < B; b++) {
+        double sum = 0.0;
+        for (Py_ssize_t k = 0; k < p; k++) sum += a[b * p + k] * past[b * p + k];
+        acc[b] = sum;
+        write_row(emb + prev[b] * R, emb_s + (Py_ssize_t)mu_law_class(signal[b], (int)Q) * R,
+                  emb_p + (Py_ssize_t)mu_law_class(-sum, (int)Q) * R, R, scale, zero,
+                  (char *)v[0].buf + b * R * (scale > 0 ? 1 : 4));
+    }
+    return release_buffers(v, 9, ok, "lpc_rows: buffers of mismatched sizes, or a sample out of range");
 }
 
 /* lpc_feed(samples, decode, acc, past, signal): the samples just generated through each stream's synthesis
@@ -539,33 +552,24 @@ static PyObject *lpc_rows(PyObject *self, PyObject *args) {
    becomes s. */
 static PyObject *lpc_feed(PyObject *self, PyObject *args) {
     PyObject *obj[5];
-    if (!PyArg_ParseTuple(args, "OOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4])) return NULL;
     Py_buffer v[5];
     const int writable[5] = {0, 0, 0, 1, 1};
-    int got = 0;
-    for (; got < 5; got++)
-        if (get_buffer(obj[got], &v[got], 0, writable[got], "lpc_feed buffer") < 0) break;
-    Py_ssize_t B = got == 5 ? v[4].len / 8 : 0, Q = got == 5 ? v[1].len / 8 : 0, p = B ? v[3].len / 8 / B : 0;
-    int ok = got == 5 && B > 0 && p > 0 && v[0].len == 8 * B && v[2].len == 8 * B;
-    const int64_t *e = ok ? v[0].buf : NULL;
-    for (Py_ssize_t b = 0; ok && b < B; b++) ok = e[b] >= 0 && e[b] < Q;
-    if (ok) {
-        const double *decode = v[1].buf, *acc = v[2].buf;
-        double *past = v[3].buf, *signal = v[4].buf;
-        for (Py_ssize_t b = 0; b < B; b++) {
-            double y = decode[e[b]] - acc[b];
-            memmove(past + b * p + 1, past + b * p, (p - 1) * sizeof(double));
-            past[b * p] = y;
-            signal[b] = y;
-        }
-    }
-    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
-    if (got < 5) return NULL;
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "lpc_feed: buffers of mismatched sizes, or a sample out of range");
+    if (!PyArg_ParseTuple(args, "OOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4])
+        || get_buffers(obj, v, writable, 5, "lpc_feed buffer") < 0)
         return NULL;
+    Py_ssize_t B = v[4].len / 8, Q = v[1].len / 8, p = B ? v[3].len / 8 / B : 0;
+    int ok = B > 0 && p > 0 && v[0].len == 8 * B && v[2].len == 8 * B;
+    const int64_t *e = v[0].buf;
+    for (Py_ssize_t b = 0; ok && b < B; b++) ok = e[b] >= 0 && e[b] < Q;
+    const double *decode = v[1].buf, *acc = v[2].buf;
+    double *past = v[3].buf, *signal = v[4].buf;
+    for (Py_ssize_t b = 0; ok && b < B; b++) {
+        double y = decode[e[b]] - acc[b];
+        memmove(past + b * p + 1, past + b * p, (p - 1) * sizeof(double));
+        past[b * p] = y;
+        signal[b] = y;
     }
-    Py_RETURN_NONE;
+    return release_buffers(v, 5, ok, "lpc_feed: buffers of mismatched sizes, or a sample out of range");
 }
 
 static PyMethodDef module_methods[] = {
