@@ -237,7 +237,7 @@ class InputRows:
     """Layer 0's input rows of an lpc_inputs model (LPCNet's inputs), step by step, per stream:
     ``E[e[t-1]] + E_s[s[t-1]] + E_p[p[t]]`` of the µ-law classes of the last excitation sample, the signal the
     synthesis filter made of it and the prediction for the sample being generated, summed in float32 (as the
-    Keras model sums them) and then put into the state's domain by ``quantize``. The same filter and formulas
+    Keras model sums them) and then put into the state input's domain. The same filter and formulas
     as training's :func:`input_classes`, so teacher-forced rows equal the training inputs bit for bit."""
 
     def __init__(self, tables: tuple[np.ndarray, np.ndarray, np.ndarray], order: int, hop: int, streams: int,
@@ -266,8 +266,8 @@ class InputRows:
         """The next step's input rows [B, R] from the previous samples' classes [B] (int64)."""
         a = self.filter.next_coefficients()
         if self._kernel is not None:
-            self._kernel(self._rows, np.asarray(previous, np.int64), *self.tables, a, self.filter._past, self._signal, self._acc,
-                         self._scale, self._zero)
+            self._kernel(self._rows, np.asarray(previous, np.int64), *self.tables, a, self.filter._past,
+                         self._signal, self._acc, self._scale, self._zero)
             return self._rows
         self._acc = -prediction(a, self.filter._past)
         sample, signal, predicted = self.tables

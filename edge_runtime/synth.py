@@ -349,7 +349,8 @@ class Synthesizer:
             remaining -= n
 
     def _add_lpc_frames(self, block: np.ndarray) -> None:
-        """The LPC coefficients of mel frames [k, B, n_mels] as they arrive, for the postfilter."""
+        """The LPC coefficients of mel frames [k, B, n_mels] as they arrive, for the postfilter (and the input rows
+        of an lpc_inputs model)."""
         k = block.shape[0]
         coefficients = lpc.coefficients_for(block.reshape(k * self.batch, -1), self.config).reshape(k, self.batch, -1)
         self._lpc.add_frames(coefficients)
