@@ -118,13 +118,31 @@ def continued_card(card: dict, previous: tuple[dict, dict] | None, info: dict, d
             "cpu_seconds": (old.get("cpu_seconds") or 0) + (info.get("cpu_seconds") or 0),
             "wall_seconds": (old.get("wall_seconds") or 0) + card["wall_seconds"],
             "finetune": {"steps": card["step"], "from_step": offset, "checkpoint": card["checkpoint"],
-                         "cpu_seconds": info.get("cpu_seconds"), "wall_seconds": card["wall_seconds"]},
+                         "cpu_seconds": info.get("cpu_seconds"), "wall_seconds": card["wall_seconds"],
+                         "model_changes": model_changes(card["config"], old["config"])},
             "continues": {k: v for k, v in old.items() if k not in ("export_report", "config", "curve")}}
 
 
 def finetune_sets(config: dict, source: dict) -> list[str]:
-    """The ``--set`` options of a fine-tune: its fields that differ from its source's (besides ``steps``)."""
-    return [f"--set {k}={v}" for k, v in config.items() if k != "steps" and source.get(k) != v]
+    """The ``--set`` options of a fine-tune: its fields that differ from its source's (besides ``steps``), written
+    as the CLI reads them."""
+    return [f"--set {k}={set_value(v)}" for k, v in config.items() if k != "steps" and source.get(k) != v]
+
+
+def set_value(value) -> str:
+    """A config value as ``--set`` takes it: ``true``/``false``, lists comma-separated."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def model_changes(config: dict, source: dict) -> dict:
+    """What a fine-tune changed beyond the schedule (training/qat.py ``TUNABLE``): a grown model (``lpc_inputs``)
+    or new targets (``lpc_gamma``), ``{field: [before, after]}``, so the card names it as such."""
+    from training.qat import TUNABLE
+
+    source = {**Config().to_dict(), **source}  # a card older than a field holds its default
+    return {k: [source.get(k), v] for k, v in config.items() if k not in TUNABLE and source.get(k) != v}
 
 
 def portable_snapshot(source: dict | None) -> dict | None:

@@ -5,8 +5,9 @@ from a shipped model after its checkpoints were lost).
 A float fine-tune starts from the source's final EMA weights with a fresh optimizer at step 0, so Adam's bias
 correction and the warm-up (``--set warmup_steps=N``) apply: resuming the source instead would continue its
 schedule with zeroed moments and no bias correction, i.e. a few hundred steps at up to several times its rate.
-Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only,
-and ``lpc_inputs=true`` on an excitation model: LPCNet's extra inputs, their tables starting at zero).
+Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only;
+on an excitation model also ``lpc_inputs=true``, LPCNet's extra inputs with their tables starting at zero, and
+``lpc_gamma``, the predictor's bandwidth expansion: new targets for the same weights, see :data:`RETARGETS`).
 
 The QAT run is a run folder like any other (resumed by the same command), whose config is the source's with
 ``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
@@ -36,6 +37,11 @@ TUNABLE = frozenset({
     "warmup_steps", "adam_beta2", "score_whole_window", "input_noise", "grad_clip_norm", "ema_decay", "steps",
     "checkpoint_every", "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision", "qat_range_decay",
     "qat_calibration_batches", "qat_state_scales"})
+
+# What a float fine-tune of an excitation model (lpc_order > 0) may change besides: the bandwidth expansion of the
+# predictor changes the excitation the network is asked for (the data), not any weight's shape, and retraining from
+# a converged model reaches the new targets in far fewer steps than a run from scratch (docs/training-experiments.md).
+RETARGETS = frozenset({"lpc_gamma"})
 
 
 class QATError(WavenetEdgeError):
@@ -90,8 +96,10 @@ class FineTuneSource:
         if config.qat != qat:
             raise QATError(f"qat={str(config.qat).lower()} contradicts {option(qat)}")
         a, b = self.config.to_dict(), config.to_dict()
-        grows = not qat and not a["lpc_inputs"] and b["lpc_inputs"]  # see load_into
-        changed = [k for k in a if k not in TUNABLE | {"qat"} | ({"lpc_inputs"} if grows else set()) and a[k] != b[k]]
+        free = set(TUNABLE) | {"qat"}
+        if not qat and a["lpc_order"]:
+            free |= RETARGETS | ({"lpc_inputs"} if not a["lpc_inputs"] else set())  # growing: see load_into
+        changed = [k for k in a if k not in free and a[k] != b[k]]
         if changed:
             k = changed[0]
             raise QATError(f"a fine-tuning run keeps the architecture and data of its source: {k} is {a[k]!r} in "

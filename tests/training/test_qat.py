@@ -151,6 +151,15 @@ def test_finetune_can_add_lpc_inputs_starting_from_the_same_model(tiny_data, tmp
     assert all(np.abs(moved[k]).max() > 1e-4 for k in new)  # the new inputs are learned
     with pytest.raises(QATError, match="architecture and data .* lpc_inputs"):  # not in a QAT run
         qat_train(source, tmp_path / "q", 5, "lpc_inputs=true")
+    # a new bandwidth expansion: the same weights, new targets (the data is rebuilt with it)
+    summary, _ = qat_train(source, tmp_path / "g", 0, "lpc_gamma=0.97", "val_every=6", "checkpoint_every=6",
+                           qat=False)
+    assert Config.from_json(tmp_path / "g" / "config.json").lpc_gamma == 0.97
+    start = np.load(ckpt_io.checkpoints(tmp_path / "g")[-1] / "ema.npz")
+    assert set(start) == set(source_ema) and all(np.array_equal(start[k], source_ema[k]) for k in start)
+    assert abs(summary["val_nll_bits"] - before["val_nll_bits"]) > 1e-3
+    with pytest.raises(QATError, match="architecture and data .* lpc_gamma"):  # not in a QAT run
+        qat_train(source, tmp_path / "q", 5, "lpc_gamma=0.97")
 
 
 def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
@@ -159,6 +168,8 @@ def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path
         (["--finetune-from", str(source), "--qat-from", str(source), "--steps", "5"], ["exclude each other"]),
         (["--finetune-from", str(source), "--steps", "5", "--set", "qat=true"], ["contradicts --finetune-from"]),
         (["--finetune-from", str(source), "--steps", "5", "--set", "n_mels=8"], ["architecture", "n_mels"]),
+        # a new bandwidth expansion retargets an excitation model only: this one predicts the signal itself
+        (["--finetune-from", str(source), "--steps", "5", "--set", "lpc_gamma=0.95"], ["architecture", "lpc_gamma"]),
         (["--finetune-from", str(source)], ["--finetune-from needs --steps"]),
     ]
     for args, fragments in cases:

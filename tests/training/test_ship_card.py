@@ -35,7 +35,7 @@ def shipped_lineage(tmp_path, card_checkpoint="ckpt-00003800"):
                                                                     "checkpoint": "ckpt-00003800"}})
     info = {"finetune_from": {"run": str(rec), "checkpoint": "ckpt-00003800", "step": 3800}, "cpu_seconds": 900.0}
     card = {"step": 400, "checkpoint": "ckpt-00000400", "wall_seconds": 500.0,
-            "config": {"learning_rate": 2.5e-4, "lr_schedule": "cosine", "steps": 400},
+            "config": {"learning_rate": 2.5e-4, "lr_schedule": "cosine", "steps": 400, "lpc_inputs": True},
             "curve": [{"step": 0, "val_nll_bits": 5.026}, {"step": 400, "val_nll_bits": 5.01}]}
     return models, info, card
 
@@ -49,13 +49,14 @@ def test_a_finetune_card_continues_the_shipped_one(tmp_path):
     assert merged["step"] == 4200 and merged["cpu_seconds"] == 26900.0 and merged["wall_seconds"] == 30500.0
     assert [c["step"] for c in merged["curve"]] == [3500, 3800, 4200]  # one curve over the voice's whole life
     assert merged["finetune"] == {"steps": 400, "from_step": 3800, "checkpoint": "ckpt-00000400",
-                                  "cpu_seconds": 900.0, "wall_seconds": 500.0}
+                                  "cpu_seconds": 900.0, "wall_seconds": 500.0,
+                                  "model_changes": {"lpc_inputs": [False, True]}}  # a grown model, named so
     assert merged["continues"]["training_command"] == "wavenet-edge train ..."
     assert "export_report" not in merged["continues"] and merged["checkpoint"] == "ckpt-00000400"
     assert merged["training_command"] == (
         "python tools/recover_run.py edge_runtime/models/default-float16 --out SOURCE_RUN --data fsdd/recordings; "
         "wavenet-edge train --finetune-from SOURCE_RUN --out RUN_DIR --steps 400 "
-        "--set learning_rate=0.00025 --set lr_schedule=cosine")
+        "--set learning_rate=0.00025 --set lr_schedule=cosine --set lpc_inputs=true")
     # the next fine-tune recovers the new voice (its run's step is the fine-tune's own 400) and adds on
     (models / "training.json").write_text(json.dumps(merged))
     (tmp_path / "rec" / "run.json").write_text(json.dumps({"recovered_from": {"model": "default-float16",
@@ -63,6 +64,7 @@ def test_a_finetune_card_continues_the_shipped_one(tmp_path):
     info2 = {**info, "finetune_from": {**info["finetune_from"], "checkpoint": "ckpt-00000400", "step": 400}}
     again = continued_card({**card, "step": 100}, previous_card(info2, models, ""), info2, {})
     assert again["step"] == 4300 and again["finetune"]["from_step"] == 4200 and again["cpu_seconds"] == 27800.0
+    assert again["finetune"]["model_changes"] == {}  # the source had the inputs already
 
 
 def test_a_card_of_another_checkpoint_is_refused(tmp_path):
