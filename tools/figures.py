@@ -66,6 +66,18 @@ def resynthesis_figure(clip: Path, model_dir: Path, out: Path, temperature: floa
     plt.close(fig)
 
 
+def fine_tune_changes(card: dict) -> list[tuple[int, dict]]:
+    """(step, model changes) of each fine-tuning leg in a model card's history (tools/ship_model.py's
+    ``finetune`` entries, nested under ``continues``) that changed more than the schedule."""
+    legs = []
+    while card:
+        leg = card.get("finetune") or {}
+        if leg.get("model_changes"):
+            legs.append((leg["from_step"], leg["model_changes"]))
+        card = card.get("continues")
+    return sorted(legs, key=lambda leg: leg[0])
+
+
 def training_curve_figure(training_json: Path, out: Path) -> None:
     """Validation NLL (and training loss) over steps, with the µ-law unigram entropy for scale."""
     import matplotlib
@@ -81,6 +93,10 @@ def training_curve_figure(training_json: Path, out: Path) -> None:
     train = [(c["step"], c["train_loss_bits"]) for c in curve if c.get("train_loss_bits") is not None]
     if train:
         ax.plot(*zip(*train), linestyle="--", label="training loss (last 250 steps)")
+    for step, changes in fine_tune_changes(card):  # new inputs or new targets: the NLL before and after differ
+        ax.axvline(step, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(", ".join(f"{k} {v[1]}" for k, v in changes.items()), (step, 1), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")
     ax.set_xlabel("step (batch 8 × 3200 scored samples)")
     ax.set_ylabel("bits per sample")
     # steps, not hours: a run resumed across sessions and paused for other jobs has a wall time that says little

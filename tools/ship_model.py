@@ -84,18 +84,21 @@ def training_history(run: Path) -> dict:
 
 
 def previous_card(info: dict, out: Path, prefix: str) -> tuple[dict, dict] | None:
-    """A fine-tune (``train --finetune-from``) of a run recovered from this voice's shipped float export: (where
-    it was recovered from, the shipped card it continues), else None. The card must describe the recovered
-    checkpoint, so that the shipped history stays one voice's."""
+    """A fine-tune (``train --finetune-from``) of the run this voice was shipped from, or of a run recovered from
+    its shipped float export: (where it was recovered from, with ``model`` None for the shipped run itself; the
+    shipped card it continues), else None. The card must describe the source's checkpoint, so that the shipped
+    history stays one voice's."""
     source = info.get("finetune_from")
     if not source:
         return None
-    recovered = read_run_info(Path(source["run"])).get("recovered_from")
     path = out / f"{prefix}training.json"
-    if not recovered or not path.exists():
-        raise SystemExit(f"error: {source['run']} is not a run recovered from the voice shipped in {out} "
-                         "(tools/recover_run.py): its training history is unknown")
-    card = json.loads(path.read_text())
+    card = json.loads(path.read_text()) if path.exists() else {}
+    recovered = read_run_info(Path(source["run"])).get("recovered_from")
+    if not recovered and card.get("export_report", {}).get("run") == Path(source["run"]).name:
+        recovered = {"model": None, "checkpoint": card["checkpoint"]}  # the shipped voice's run, still on disk
+    if not recovered or not card:
+        raise SystemExit(f"error: {source['run']} is neither the run of the voice shipped in {out} nor one "
+                         "recovered from it (tools/recover_run.py): its training history is unknown")
     own_steps = card["finetune"]["steps"] if "finetune" in card else card.get("step")
     if card.get("checkpoint") != recovered["checkpoint"] or own_steps != source["step"]:
         raise SystemExit(f"error: {path} describes {card.get('checkpoint')}, not the recovered "
@@ -111,9 +114,11 @@ def continued_card(card: dict, previous: tuple[dict, dict] | None, info: dict, d
     recovered, old = previous
     offset = old["step"]  # every step the voice has had, earlier fine-tunes included
     curve = old["curve"] + [{**c, "step": c["step"] + offset} for c in card["curve"]]
-    command = (f"python tools/recover_run.py edge_runtime/models/{recovered['model']} --out SOURCE_RUN --data "
-               f"{data.get('data_dir')}; wavenet-edge train --finetune-from SOURCE_RUN --out RUN_DIR "
-               f"--steps {card['step']} " + " ".join(finetune_sets(card["config"], old["config"])))
+    command = (f"wavenet-edge train --finetune-from SOURCE_RUN --out RUN_DIR --steps {card['step']} "
+               + " ".join(finetune_sets(card["config"], old["config"])))
+    if recovered["model"] is not None:  # else SOURCE_RUN is the run of the card it continues (``continues``)
+        command = (f"python tools/recover_run.py edge_runtime/models/{recovered['model']} --out SOURCE_RUN --data "
+                   f"{data.get('data_dir')}; " + command)
     return {**card, "step": offset + card["step"], "curve": curve, "training_command": command.strip(),
             "cpu_seconds": (old.get("cpu_seconds") or 0) + (info.get("cpu_seconds") or 0),
             "wall_seconds": (old.get("wall_seconds") or 0) + card["wall_seconds"],
@@ -125,8 +130,9 @@ def continued_card(card: dict, previous: tuple[dict, dict] | None, info: dict, d
 
 def finetune_sets(config: dict, source: dict) -> list[str]:
     """The ``--set`` options of a fine-tune: its fields that differ from its source's (besides ``steps``), written
-    as the CLI reads them."""
-    return [f"--set {k}={set_value(v)}" for k, v in config.items() if k != "steps" and source.get(k) != v]
+    as the CLI reads them; always its learning rate, whose default is where the source's schedule ended."""
+    return [f"--set {k}={set_value(v)}" for k, v in config.items()
+            if k != "steps" and (source.get(k) != v or k == "learning_rate")]
 
 
 def set_value(value) -> str:

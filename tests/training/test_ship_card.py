@@ -74,3 +74,41 @@ def test_a_card_of_another_checkpoint_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="describes ckpt-00002600, not the recovered ckpt-00003800"):
         previous_card(info, models, "")
     assert previous_card({}, models, "") is None and continued_card(card, None, {}, {}) is card
+
+
+def test_a_finetune_of_the_shipped_run_itself_continues_its_card(tmp_path):
+    """The run a voice was shipped from, still on disk, fine-tuned again (e.g. new LPC targets): no recovery step."""
+    from ship_model import continued_card, previous_card
+
+    models, run = tmp_path / "models", tmp_path / "grow"
+    models.mkdir()
+    run.mkdir()
+    old = {"step": 5500, "checkpoint": "ckpt-00001700", "cpu_seconds": 33000.0, "wall_seconds": 43000.0,
+           "config": {"learning_rate": 2.5e-4, "lr_schedule": "cosine", "lpc_gamma": 0.9, "steps": 1700},
+           "curve": [{"step": 5500, "val_nll_bits": 5.017}], "finetune": {"steps": 1700, "from_step": 3800},
+           "export_report": {"run": "grow", "checkpoint": "ckpt-00001700"}}
+    (models / "training.json").write_text(json.dumps(old))
+    info = {"finetune_from": {"run": str(run), "checkpoint": "ckpt-00001700", "step": 1700}, "cpu_seconds": 3300.0}
+    card = {"step": 800, "checkpoint": "ckpt-00000800", "wall_seconds": 3600.0,
+            "config": {"learning_rate": 2.5e-4, "lr_schedule": "cosine", "lpc_gamma": 0.95, "steps": 800},
+            "curve": [{"step": 800, "val_nll_bits": 5.054}]}
+    merged = continued_card(card, previous_card(info, models, ""), info, {})
+    assert merged["step"] == 6300 and merged["cpu_seconds"] == 36300.0
+    assert merged["finetune"]["model_changes"] == {"lpc_gamma": [0.9, 0.95]}
+    # the learning rate is always named: a fine-tune's default is where the source's schedule ended
+    assert merged["training_command"] == ("wavenet-edge train --finetune-from SOURCE_RUN --out RUN_DIR --steps 800 "
+                                          "--set learning_rate=0.00025 --set lpc_gamma=0.95")
+    assert merged["continues"]["finetune"] == {"steps": 1700, "from_step": 3800}
+    (models / "training.json").write_text(json.dumps({**old, "export_report": {"run": "other"}}))
+    with pytest.raises(SystemExit, match="neither the run of the voice shipped"):
+        previous_card(info, models, "")
+
+
+def test_the_training_curve_marks_each_leg_that_changed_the_model():
+    from figures import fine_tune_changes
+
+    card = {"finetune": {"from_step": 5500, "model_changes": {"lpc_gamma": [0.9, 0.95]}},
+            "continues": {"finetune": {"from_step": 3800, "model_changes": {"lpc_inputs": [False, True]}},
+                          "continues": {"finetune": {"from_step": 3000, "model_changes": {}}}}}
+    assert fine_tune_changes(card) == [(3800, {"lpc_inputs": [False, True]}), (5500, {"lpc_gamma": [0.9, 0.95]})]
+    assert fine_tune_changes({"step": 100}) == []
