@@ -39,8 +39,8 @@ TUNABLE = frozenset({
     "qat_calibration_batches", "qat_state_scales"})
 
 # What a float fine-tune of an excitation model (lpc_order > 0) may change besides: the bandwidth expansion of the
-# predictor changes the excitation the network is asked for (the data), not any weight's shape, and retraining from
-# a converged model reaches the new targets in far fewer steps than a run from scratch (docs/training-experiments.md).
+# predictor changes the excitation the network is asked for (the data), not any weight's shape, so a trained voice
+# can move to new targets without a run from scratch (docs/training-experiments.md, γ 0.95 on `default`).
 RETARGETS = frozenset({"lpc_gamma"})
 
 
