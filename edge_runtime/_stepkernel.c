@@ -436,46 +436,6 @@ static PyTypeObject EngineType = {
 };
 
 
-/* lpc_synthesis(samples, coefficients, past, offset, hop): s[t] = e[t] - sum_k a_k s[t-k] in place, for one
-   stream (edge_runtime/lpc.py). samples: float64 [n], e in, s out; coefficients: float64 [frames, p], the frame
-   of local sample i being (offset + i) / hop; past: float64 [p], s[t-1], s[t-2], ... carried across calls.
-   The same float64 operations in the same order as lpc.py's fallback loop. */
-static PyObject *lpc_synthesis(PyObject *self, PyObject *args) {
-    PyObject *samples_obj, *coef_obj, *past_obj;
-    Py_ssize_t offset, hop;
-    if (!PyArg_ParseTuple(args, "OOOnn", &samples_obj, &coef_obj, &past_obj, &offset, &hop)) return NULL;
-    Py_buffer sv, cv, pv;
-    if (get_buffer(samples_obj, &sv, 0, 1, "samples") < 0) return NULL;
-    if (get_buffer(past_obj, &pv, 0, 1, "past") < 0) { PyBuffer_Release(&sv); return NULL; }
-    if (get_buffer(coef_obj, &cv, 0, 0, "coefficients") < 0) { PyBuffer_Release(&sv); PyBuffer_Release(&pv); return NULL; }
-    Py_ssize_t n = sv.len / (Py_ssize_t)sizeof(double), p = pv.len / (Py_ssize_t)sizeof(double);
-    Py_ssize_t frames = p ? cv.len / (Py_ssize_t)sizeof(double) / p : 0;
-    int ok = p > 0 && p <= 64 && hop > 0 && offset >= 0 && (n == 0 || (offset + n - 1) / hop < frames);
-    if (ok) {
-        double *s = sv.buf, *past = pv.buf, hist[64];
-        const double *a = cv.buf;
-        memcpy(hist, past, p * sizeof(double));
-        for (Py_ssize_t i = 0; i < n; i++) {
-            const double *ak = a + ((offset + i) / hop) * p;
-            double acc = 0.0;
-            for (Py_ssize_t k = 0; k < p; k++) acc += ak[k] * hist[k];
-            double y = s[i] - acc;
-            memmove(hist + 1, hist, (p - 1) * sizeof(double));
-            hist[0] = y;
-            s[i] = y;
-        }
-        memcpy(past, hist, p * sizeof(double));
-    }
-    PyBuffer_Release(&sv);
-    PyBuffer_Release(&pv);
-    PyBuffer_Release(&cv);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "lpc_synthesis: bad order, hop, offset, or too few coefficient frames");
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 /* The buffers of n objects (C-contiguous, writable where asked), or -1 with an exception set and none held. */
 static int get_buffers(PyObject *const *obj, Py_buffer *v, const int *writable, int n, const char *what) {
     for (int i = 0; i < n; i++) {
@@ -495,6 +455,39 @@ static PyObject *release_buffers(Py_buffer *v, int n, int ok, const char *error)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* lpc_synthesis(samples, coefficients, past, offset, hop): s[t] = e[t] - sum_k a_k s[t-k] in place, for one
+   stream (edge_runtime/lpc.py). samples: float64 [n], e in, s out; coefficients: float64 [frames, p], the frame
+   of local sample i being (offset + i) / hop; past: float64 [p], s[t-1], s[t-2], ... carried across calls.
+   The same float64 operations in the same order as lpc.py's fallback loop. */
+static PyObject *lpc_synthesis(PyObject *self, PyObject *args) {
+    PyObject *obj[3];  /* samples, coefficients, past */
+    Py_buffer v[3];
+    const int writable[3] = {1, 0, 1};
+    Py_ssize_t offset, hop;
+    if (!PyArg_ParseTuple(args, "OOOnn", &obj[0], &obj[1], &obj[2], &offset, &hop)
+        || get_buffers(obj, v, writable, 3, "lpc_synthesis buffer") < 0)
+        return NULL;
+    Py_ssize_t n = v[0].len / (Py_ssize_t)sizeof(double), p = v[2].len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t frames = p ? v[1].len / (Py_ssize_t)sizeof(double) / p : 0;
+    int ok = p > 0 && p <= 64 && hop > 0 && offset >= 0 && (n == 0 || (offset + n - 1) / hop < frames);
+    if (ok) {
+        double *s = v[0].buf, *past = v[2].buf, hist[64];
+        const double *a = v[1].buf;
+        memcpy(hist, past, p * sizeof(double));
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double *ak = a + ((offset + i) / hop) * p;
+            double acc = 0.0;
+            for (Py_ssize_t k = 0; k < p; k++) acc += ak[k] * hist[k];
+            double y = s[i] - acc;
+            memmove(hist + 1, hist, (p - 1) * sizeof(double));
+            hist[0] = y;
+            s[i] = y;
+        }
+        memcpy(past, hist, p * sizeof(double));
+    }
+    return release_buffers(v, 3, ok, "lpc_synthesis: bad order, hop, offset, or too few coefficient frames");
 }
 
 /* One stream's row of lpc_rows: the three embeddings summed in float32, then Port.quantize's float32

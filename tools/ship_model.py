@@ -128,11 +128,18 @@ def continued_card(card: dict, previous: tuple[dict, dict] | None, info: dict, d
             "continues": {k: v for k, v in old.items() if k not in ("export_report", "config", "curve")}}
 
 
+def changed_fields(config: dict, source: dict) -> dict:
+    """``{field: [source's value, config's]}`` where they differ; a source older than a field holds its default."""
+    source = {**Config().to_dict(), **source}
+    return {k: [source.get(k), v] for k, v in config.items() if source.get(k) != v}
+
+
 def finetune_sets(config: dict, source: dict) -> list[str]:
     """The ``--set`` options of a fine-tune: its fields that differ from its source's (besides ``steps``), written
     as the CLI reads them; always its learning rate, whose default is where the source's schedule ended."""
+    changed = changed_fields(config, source)
     return [f"--set {k}={set_value(v)}" for k, v in config.items()
-            if k != "steps" and (source.get(k) != v or k == "learning_rate")]
+            if k != "steps" and (k in changed or k == "learning_rate")]
 
 
 def set_value(value) -> str:
@@ -144,11 +151,10 @@ def set_value(value) -> str:
 
 def model_changes(config: dict, source: dict) -> dict:
     """What a fine-tune changed beyond the schedule (training/qat.py ``TUNABLE``): a grown model (``lpc_inputs``)
-    or new targets (``lpc_gamma``), ``{field: [before, after]}``, so the card names it as such."""
+    or new targets (``lpc_gamma``), so the card names it as such."""
     from training.qat import TUNABLE
 
-    source = {**Config().to_dict(), **source}  # a card older than a field holds its default
-    return {k: [source.get(k), v] for k, v in config.items() if k not in TUNABLE and source.get(k) != v}
+    return {k: change for k, change in changed_fields(config, source).items() if k not in TUNABLE}
 
 
 def portable_snapshot(source: dict | None) -> dict | None:
