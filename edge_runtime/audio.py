@@ -29,6 +29,15 @@ def mu_law_decode(classes_: np.ndarray, classes: int = 256) -> np.ndarray:
     return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
 
 
+def scale_to_peak(audio: np.ndarray, peak: float) -> tuple[np.ndarray, float]:
+    """A recording scaled to a model's ``normalize_peak`` (float32), and the gain (1.0 when the model has none, or
+    for silence). Training scales every recording so; the runtime scales a recording so before its log-mel and
+    divides the output by the gain, so the voice comes back at the recording's level."""
+    top = float(np.max(np.abs(audio))) if np.size(audio) else 0.0
+    gain = peak / top if peak > 0 and top > 0 else 1.0
+    return (np.asarray(audio, np.float32) * np.float32(gain)).astype(np.float32), gain
+
+
 def preemphasize(audio: np.ndarray, alpha: float) -> np.ndarray:
     """x[t] - alpha * x[t-1] (silence before the first sample); float32. alpha 0 returns the audio unchanged."""
     x = np.asarray(audio, dtype=np.float32)

@@ -93,6 +93,7 @@ class Manifest:
     temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
     lpc_order: int = 0  # the LPC synthesis postfilter's order (0: the model's samples are not an excitation)
     lpc_inputs: tuple[np.ndarray, np.ndarray] | None = None  # float32 [classes, R] x 2 (format 3): s and p tables
+    input_peak: float = 0.0  # the peak recordings are scaled to before their log-mel (config normalize_peak; 0: none)
 
     @property
     def config(self) -> dict:
@@ -180,7 +181,15 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
     deemphasis, lpc_order, temperature = _output_settings(data, path)
     return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
                     embedding, speaker_bias, deemphasis, temperature, lpc_order,
-                    _lpc_input_tables(data, lpc_order, embedding.shape, path))
+                    _lpc_input_tables(data, lpc_order, embedding.shape, path), _input_peak(data, path))
+
+
+def _input_peak(data: dict, path: Path) -> float:
+    """The level the model was trained at (config ``normalize_peak``; absent in older manifests: 0, as recorded)."""
+    peak = data["config"].get("normalize_peak", 0.0)
+    if isinstance(peak, bool) or not isinstance(peak, (int, float)) or not 0 <= peak <= 1:
+        raise ModelError(f"{path}: normalize_peak must be a number in [0, 1], got {peak!r}")
+    return float(peak)
 
 
 def _lpc_input_tables(data: dict, lpc_order: int, shape: tuple, path: Path):

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edge_runtime import lpc, native
-from edge_runtime.audio import Deemphasis, mu_law_decode
+from edge_runtime.audio import Deemphasis, front_end_params, log_mel, mu_law_decode, scale_to_peak
 from edge_runtime.conditioner import Conditioner
 from edge_runtime.errors import InputError, ModelError
 from edge_runtime.graph import Graph
@@ -297,9 +297,16 @@ class Synthesizer:
         return g
 
     # ---------------------------------------------------------------------------------------------- public API
+    def features(self, audio: np.ndarray) -> tuple[np.ndarray, float]:
+        """The log-mel frames [F, n_mels] this model expects of a recording (float [T] at ``sample_rate``), and the
+        gain they were taken at: a model trained at a fixed level (``normalize_peak``) gets the recording scaled to
+        it. ``stream(mel, gain=gain)`` then returns the voice at the recording's own level."""
+        scaled, gain = scale_to_peak(audio, self.manifest.input_peak)
+        return log_mel(scaled, **front_end_params(self.config)), gain
+
     def stream(self, mel: np.ndarray | Iterable[np.ndarray] | None = None, speaker: int | str | None = None,
                temperature: float | None = None, seed: int | None = None, seconds: float | None = None,
-               block: int = 512) -> Iterator[np.ndarray]:
+               block: int = 512, gain: float = 1.0) -> Iterator[np.ndarray]:
         """Generates audio, yielding float32 chunks as soon as their conditioning is available.
 
         Args:
@@ -311,6 +318,7 @@ class Synthesizer:
             seed: seeds the sampling noise; the same seed gives the same audio however ``mel`` is chunked.
             seconds: for models without local conditioning, how much audio to generate.
             block: the most samples per yielded chunk.
+            gain: the gain the mel frames were taken at (:meth:`features`); the audio is divided by it.
 
         Yields:
             float32 audio chunks in [-1, 1] at ``sample_rate`` (for batch models: [n, B]).
@@ -321,6 +329,8 @@ class Synthesizer:
             raise InputError(f"temperature must be a finite number >= 0, got {temperature}")
         if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+        if not (np.isfinite(gain) and gain > 0):
+            raise InputError(f"gain must be a finite number > 0, got {gain}")
         self.reset(speaker)
         rng = np.random.default_rng(seed)
         squeeze = (lambda a: a[:, 0]) if self.batch == 1 else (lambda a: a)  # noqa: E731
@@ -336,7 +346,7 @@ class Synthesizer:
                 for start in range(0, chunk.shape[0], block):
                     cond = self._gates.per_sample(chunk[start:start + block], port)
                     n = cond.shape[0]
-                    yield self._output(self._run(n, cond, self._noise(rng, n, temperature), None, None), squeeze)
+                    yield self._output(self._run(n, cond, self._noise(rng, n, temperature), None, None), squeeze, gain)
             return
         if mel is not None:
             raise InputError("this model has no local conditioning: give a number of seconds instead of mel frames")
@@ -345,7 +355,7 @@ class Synthesizer:
         remaining = int(round(seconds * self.sample_rate))
         while remaining > 0:
             n = min(block, remaining)
-            yield self._output(self._run(n, None, self._noise(rng, n, temperature), None, None), squeeze)
+            yield self._output(self._run(n, None, self._noise(rng, n, temperature), None, None), squeeze, gain)
             remaining -= n
 
     def _add_lpc_frames(self, block: np.ndarray) -> None:
@@ -357,13 +367,16 @@ class Synthesizer:
         if self._rows is not None:
             self._rows.filter.add_frames(coefficients)
 
-    def _output(self, samples: np.ndarray, squeeze) -> np.ndarray:
-        """Generated classes [n, B] -> audio: µ-law decoded, LPC synthesis, de-emphasis (as the manifest says)."""
+    def _output(self, samples: np.ndarray, squeeze, gain: float) -> np.ndarray:
+        """Generated classes [n, B] -> audio: µ-law decoded, LPC synthesis, de-emphasis (as the manifest says),
+        back to the level of the recording the mel came from."""
         audio = self._decode[samples]
         if self._lpc is not None:
             audio = self._lpc(audio)
         audio = self._deemphasis(squeeze(audio))
-        return audio if audio.dtype == np.float32 else np.clip(audio, -1.0, 1.0).astype(np.float32)
+        if gain != 1.0:
+            audio = audio / gain
+        return audio if audio.dtype == np.float32 and gain == 1.0 else np.clip(audio, -1.0, 1.0).astype(np.float32)
 
     def teacher_forced_logits(self, classes: np.ndarray, mel: np.ndarray | None = None,
                               speaker: int | str | None = None) -> np.ndarray:

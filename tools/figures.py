@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_runtime.audio import analysis_window, front_end_params, log_mel  # noqa: E402
+from edge_runtime.audio import analysis_window  # noqa: E402
 from edge_runtime.corpus import speaker_of  # noqa: E402
 from edge_runtime.synth import Synthesizer, default_model_dir, example_clips  # noqa: E402
 from edge_runtime.wavio import read_wav  # noqa: E402
@@ -41,10 +41,10 @@ def resynthesis_figure(clip: Path, model_dir: Path, out: Path, temperature: floa
 
     synth = Synthesizer.load(model_dir)
     audio, rate = read_wav(clip)
-    mel = log_mel(audio, **front_end_params(synth.config))
+    mel, gain = synth.features(audio)
     regex = synth.manifest.data.get("data", {}).get("speaker_regex")
     speaker = speaker_of(clip, clip.parent, regex) if synth.use_speaker else None
-    generated = np.concatenate(list(synth.stream(mel, speaker=speaker, temperature=temperature, seed=seed)))
+    generated = np.concatenate(list(synth.stream(mel, speaker=speaker, temperature=temperature, seed=seed, gain=gain)))
     audio = audio[: generated.shape[0]]
     fig, axes = plt.subplots(2, 2, figsize=(11, 5.5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     variant = synth.manifest.data["variant"]

@@ -32,7 +32,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_runtime.audio import front_end_params, log_mel  # noqa: E402
 from edge_runtime.errors import EdgeError  # noqa: E402
 from edge_runtime.manifest import sha256_file  # noqa: E402
 from edge_runtime.synth import Synthesizer, default_model_dir, example_clips  # noqa: E402
@@ -96,7 +95,7 @@ class Fuzzer:
         self.clip = example_clips()[0]
         self.wav = self.clip.read_bytes()
         self.synth = Synthesizer.load(self.model)
-        self.mel = log_mel(read_wav(self.clip)[0], **front_end_params(self.synth.config))
+        self.mel = self.synth.features(read_wav(self.clip)[0])[0]
         buf = io.BytesIO()
         np.save(buf, self.mel)
         self.npy = buf.getvalue()

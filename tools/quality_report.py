@@ -55,11 +55,13 @@ def paired(model: list[dict], baseline: list[dict], metric: str) -> dict | None:
             "ci95": [float(diff.mean() - half), float(diff.mean() + half)]}
 
 
-def synthesize(synth: Synthesizer, mel: np.ndarray, speaker: str, temperature: float | None,
+def synthesize(synth: Synthesizer, audio: np.ndarray, speaker: str, temperature: float | None,
                seed: int) -> np.ndarray:
-    """Copy synthesis of one clip through the streaming runtime."""
+    """Copy synthesis of one clip through the streaming runtime (from the log-mel at the model's level, the
+    output back at the clip's)."""
+    mel, gain = synth.features(audio)
     return np.concatenate(list(synth.stream(mel, speaker=speaker if synth.use_speaker else None,
-                                            temperature=temperature, seed=seed)))
+                                            temperature=temperature, seed=seed, gain=gain)))
 
 
 def score(reference: np.ndarray, output: np.ndarray, rate: int, front_end: dict) -> dict:
@@ -113,7 +115,7 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
             timing[name] += time.perf_counter() - t0
         for s in synths:
             t0 = time.perf_counter()
-            outputs[model_label(s)] = [synthesize(s, mel, speaker, temperature, seed) for seed in seeds]
+            outputs[model_label(s)] = [synthesize(s, audio, speaker, temperature, seed) for seed in seeds]
             timing[model_label(s)] += time.perf_counter() - t0
         bucket = speakers.setdefault(speaker, {"reference": [], **{m: [[] for _ in outputs[m]] for m in methods}})
         bucket["reference"] += [audio, gap]

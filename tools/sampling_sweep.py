@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edge_runtime.audio import front_end_params, log_mel  # noqa: E402
+from edge_runtime.audio import front_end_params  # noqa: E402
 from edge_runtime.corpus import load_wav_folder  # noqa: E402
 from edge_runtime.synth import Synthesizer  # noqa: E402
 from quality_report import paired, score  # noqa: E402
@@ -148,9 +148,9 @@ def main() -> None:
         synth.configure(temperature, floor, sharpen)
         per_clip = []
         for _, speaker, audio in clips:
-            mel = log_mel(audio, **front_end)
+            mel, gain = synth.features(audio)
             scores = [score(audio, np.concatenate(list(synth.stream(mel, speaker=speaker if synth.use_speaker else None,
-                                                                     temperature=temperature, seed=seed))),
+                                                                     temperature=temperature, seed=seed, gain=gain))),
                             rate, front_end) for seed in (0, 1)]
             per_clip.append({m: float(np.mean(v)) if (v := [s[m] for s in scores if s[m] is not None]) else None
                              for m in ("pesq", "stoi")})

@@ -25,7 +25,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_runtime.audio import front_end_params, log_mel  # noqa: E402
 from edge_runtime.corpus import speaker_of  # noqa: E402
 from edge_runtime.files import portable_path, write_text_atomic  # noqa: E402
 from edge_runtime.synth import Synthesizer, example_clips  # noqa: E402
@@ -44,7 +43,7 @@ def soak(model: str | None, minutes: float, window_s: float, seed: int) -> dict:
     """Streams for ``minutes``; returns the per-window records and a summary."""
     synth = Synthesizer.load(model)
     clips = example_clips()
-    mels = [log_mel(read_wav(c)[0], **front_end_params(synth.config)) for c in clips]
+    mels = [synth.features(read_wav(c)[0])[0] for c in clips]  # at the model's level (the soak keeps it)
     regex = synth.manifest.data.get("data", {}).get("speaker_regex")
     speaker = speaker_of(clips[0], clips[0].parent, regex) if synth.use_speaker and regex else None
     frames = (frame for mel in itertools.cycle(mels) for frame in mel)  # endless, frame by frame

@@ -64,6 +64,10 @@ class Config:
     speakers: tuple[str, ...] = ()
     # Data preparation.
     trim_db: float = 40.0
+    # Each recording scaled to this peak before anything else (0: as recorded). A quiet speaker's excitation
+    # otherwise lives in µ-law's linear segment (|e| < 1/255) and a model learns it on a handful of classes.
+    # The runtime scales a recording to it before the log-mel, and the output back (``edge_runtime.audio``).
+    normalize_peak: float = 0.0
     # Training.
     batch_size: int = 8
     segment_length: int = 4096
@@ -229,6 +233,7 @@ class Config:
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(0 < self.adam_beta2 < 1, f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         need(0 <= self.preemphasis < 1, f"preemphasis must be in [0, 1), got {self.preemphasis}")
+        need(0 <= self.normalize_peak <= 1, f"normalize_peak must be in [0, 1] (0: off), got {self.normalize_peak}")
         need(0 <= self.lpc_order <= MAX_LPC_ORDER, f"lpc_order must be in [0, {MAX_LPC_ORDER}], got {self.lpc_order}")
         need(0 < self.lpc_gamma <= 1, f"lpc_gamma must be in (0, 1], got {self.lpc_gamma}")
         need(0 <= self.input_noise <= self.mu_classes / 4,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.audio import front_end_params, log_mel, mu_law_encode
+from edge_runtime.audio import front_end_params, log_mel, mu_law_encode, scale_to_peak
 from edge_runtime.lpc import coefficients_for, input_classes, model_signal
 from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
@@ -99,6 +99,7 @@ def load_recordings(data_dir: str | os.PathLike, config: Config, speaker_regex: 
 
     def load(path: Path) -> np.ndarray:
         audio = trim_silence(read_audio(path, config.sample_rate), config.sample_rate, config.trim_db)
+        audio, _ = scale_to_peak(audio, config.normalize_peak)
         if audio.shape[0] < 2 * config.frame_length:
             raise DataError(f"audio file {path} is too short after trimming ({audio.shape[0]} samples)")
         return audio

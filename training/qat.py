@@ -42,6 +42,8 @@ TUNABLE = frozenset({
 # predictor changes the excitation the network is asked for (the data), not any weight's shape, so a trained voice
 # can move to new targets without a run from scratch (docs/training-experiments.md, γ 0.95 on `default`).
 RETARGETS = frozenset({"lpc_gamma"})
+# What any float fine-tune may change: the level every recording is scaled to (the same voice, louder or quieter).
+RESCALES = frozenset({"normalize_peak"})
 
 
 class QATError(WavenetEdgeError):
@@ -96,7 +98,7 @@ class FineTuneSource:
         if config.qat != qat:
             raise QATError(f"qat={str(config.qat).lower()} contradicts {option(qat)}")
         a, b = self.config.to_dict(), config.to_dict()
-        free = set(TUNABLE) | {"qat"}
+        free = set(TUNABLE) | {"qat"} | (set() if qat else RESCALES)
         if not qat and a["lpc_order"]:
             free |= RETARGETS | ({"lpc_inputs"} if not a["lpc_inputs"] else set())  # growing: see load_into
         changed = [k for k in a if k not in free and a[k] != b[k]]

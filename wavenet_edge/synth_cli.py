@@ -67,8 +67,7 @@ def _example_wav(synth, speaker) -> str:
 
 
 def _source(synth, wav, mel, seconds, speaker):
-    """(mel frames or None, seconds or None, total samples) from the command's one source option."""
-    from edge_runtime.audio import front_end_params, log_mel
+    """(mel frames or None, seconds or None, total samples, output gain) from the command's one source option."""
     from edge_runtime.errors import InputError
     from edge_runtime.wavio import read_wav, resample
 
@@ -82,25 +81,26 @@ def _source(synth, wav, mel, seconds, speaker):
     if seconds is not None:
         if not 0 < seconds < float("inf"):
             raise InputError(f"--seconds must be a finite positive number, got {seconds}")
-        return None, seconds, int(round(seconds * synth.sample_rate))
+        return None, seconds, int(round(seconds * synth.sample_rate)), 1.0
     if not synth.use_mel:
         raise InputError("this model has no local conditioning: use --seconds N")
     if wav is not None:
         audio, rate = read_wav(wav)
         audio = resample(audio, rate, synth.sample_rate)
-        frames = log_mel(audio, **front_end_params(synth.config))
+        frames, gain = synth.features(audio)  # at the model's level; the voice comes back at the recording's
         if frames.shape[0] == 0:
             raise InputError(f"{wav} is shorter than one frame")
     else:
-        frames = _load_mel(mel)
-    return frames, None, frames.shape[0] * synth.config["hop_length"]
+        frames, gain = _load_mel(mel), 1.0
+    return frames, None, frames.shape[0] * synth.config["hop_length"], gain
 
 
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path())
 @click.option("--wav", type=click.Path(),
               help="Resynthesise this recording from its log-mel (default: a shipped example of the speaker).")
-@click.option("--mel", type=click.Path(), help="Log-mel frames as .npy [frames, n_mels].")
+@click.option("--mel", type=click.Path(),
+              help="Log-mel frames as .npy [frames, n_mels], of audio at the model's level (its normalize_peak).")
 @click.option("--seconds", type=float, help="Free generation (models without local conditioning).")
 @click.option("--speaker", default=None, help="Speaker name or index (multi-speaker models; default the first).")
 @click.option("--temperature", default=None, type=float,
@@ -125,9 +125,9 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
         raise InputError("give exactly one of --out FILE, --play or --raw")
     t_load = time.perf_counter()
     synthesizer = Synthesizer.load(model_dir, device=device, threads=threads, engine=engine)
-    frames, secs, total = _source(synthesizer, wav, mel, seconds, speaker)
+    frames, secs, total, gain = _source(synthesizer, wav, mel, seconds, speaker)
     rate = synthesizer.sample_rate
-    chunks = synthesizer.stream(frames, speaker=speaker, temperature=temperature, seed=seed, seconds=secs)
+    chunks = synthesizer.stream(frames, speaker=speaker, temperature=temperature, seed=seed, seconds=secs, gain=gain)
     t0, done = time.perf_counter(), 0
     t_end = None  # when synthesis finished (playback may go on after it)
     show = sys.stderr.isatty()

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from edge_runtime.audio import Deemphasis, mu_law_decode, mu_law_encode, preemphasize
-from edge_runtime.errors import ModelError
+from edge_runtime.audio import Deemphasis, front_end_params, log_mel, mu_law_decode, mu_law_encode, preemphasize
+from edge_runtime.errors import InputError, ModelError
 from edge_runtime.evaluate import evaluate_folder
 from edge_runtime.manifest import load_manifest
 from edge_runtime.synth import Synthesizer
+from edge_runtime.wavio import read_wav
 from tests.helpers import edited_model
 
 
@@ -58,11 +59,34 @@ def test_emphasised_model_streams_and_scores_like_training(built, reference):
                                   offline)
     assert not np.array_equal(np.concatenate(list(synth.stream(mel, speaker="bob", seed=3, temperature=0.5))),
                               offline)
-    # the edge evaluation pre-emphasises the recordings exactly as training did
+    # the edge evaluation levels and pre-emphasises the recordings exactly as training did
     tf_nll = json.loads((built / "emph_tf_eval.json").read_text())
     result = evaluate_folder(synth, built / "val")
     assert result["samples"] == tf_nll["samples"]
     assert abs(result["nll_bits_per_sample"] - tf_nll["nll_bits_per_sample"]) < 1e-3
+
+
+def test_a_levelled_model_hears_a_recording_at_its_level_and_answers_at_the_recordings(built):
+    synth = Synthesizer.load(built / "emph")
+    assert synth.manifest.input_peak == 0.8
+    audio = read_wav(sorted((built / "val").rglob("*.wav"))[0])[0]
+    mel, gain = synth.features(audio)
+    assert gain == pytest.approx(0.8 / np.abs(audio).max(), rel=1e-12) and abs(gain - 1) > 0.1
+    np.testing.assert_array_equal(mel, log_mel((audio * np.float32(gain)).astype(np.float32),
+                                               **front_end_params(synth.config)))
+    quiet_mel, quiet_gain = synth.features(audio / 4)  # the same recording, quieter: the same mel, 4x the gain
+    assert quiet_gain == pytest.approx(4 * gain, rel=1e-6)
+    np.testing.assert_allclose(quiet_mel, mel, atol=1e-4)
+    at_peak = np.concatenate(list(synth.stream(mel, speaker="bob", seed=3)))
+    back = np.concatenate(list(synth.stream(mel, speaker="bob", seed=3, gain=gain)))
+    np.testing.assert_array_equal(back, np.clip(at_peak / gain, -1, 1).astype(np.float32))
+    assert np.abs(back).max() == pytest.approx(np.abs(at_peak).max() / gain, rel=1e-6)
+    blocks = (mel[i:i + 3] for i in range(0, mel.shape[0], 3))  # streaming still equals offline
+    np.testing.assert_array_equal(np.concatenate(list(synth.stream(blocks, speaker="bob", seed=3, gain=gain,
+                                                                   block=37))), back)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="gain must be a finite number > 0"):
+            next(synth.stream(mel, speaker="bob", gain=bad))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -71,6 +95,8 @@ def test_emphasised_model_streams_and_scores_like_training(built, reference):
     (lambda d: d.update(postfilter=None), "does not match the model's pre-emphasis"),
     (lambda d: d.update(sampling={"temperature": "hot"}), "sampling temperature"),
     (lambda d: d.update(sampling={"temperature": -1}), "sampling temperature"),
+    (lambda d: d["config"].update(normalize_peak=1.5), r"normalize_peak must be a number in \[0, 1\]"),
+    (lambda d: d["config"].update(normalize_peak="loud"), r"normalize_peak must be a number in \[0, 1\]"),
 ])
 def test_bad_output_settings_are_model_errors(built, tmp_path, change, message):
     with pytest.raises(ModelError, match=message):
@@ -79,5 +105,6 @@ def test_bad_output_settings_are_model_errors(built, tmp_path, change, message):
 
 def test_models_without_output_settings_keep_loading(built):
     manifest = load_manifest(built / "models/dynamic")
-    assert manifest.deemphasis == 0.0 and manifest.temperature is None
+    assert manifest.deemphasis == 0.0 and manifest.temperature is None and manifest.input_peak == 0.0
+    assert Synthesizer.load(built / "models/dynamic").features(np.full(800, 0.1, np.float32))[1] == 1.0
     assert Synthesizer.load(built / "models/dynamic").temperature == 0.5

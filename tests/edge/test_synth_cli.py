@@ -39,6 +39,26 @@ def test_synth_wav_to_file(built, clip, tmp_path):
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_synth_answers_at_the_level_of_the_recording(built, clip, tmp_path):
+    """A model trained at one peak (normalize_peak) hears any recording at that peak: twice as loud a recording
+    gives the same voice, twice as loud."""
+    from edge_runtime.wavio import AtomicWavWriter
+
+    original, rate = read_wav(clip)
+    loud = tmp_path / "loud.wav"
+    writer = AtomicWavWriter(loud, rate)
+    writer.write(2 * original)  # the same mel at the model's level (to 16-bit rounding)
+    writer.close()
+    outs = []
+    for source in (clip, loud):
+        out = tmp_path / f"{source.stem}.out.wav"
+        r = run_cli("synth", str(built / "emph"), "--wav", str(source), "--speaker", "bob", "--seed", "3", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        outs.append(read_wav(out)[0])
+    assert np.abs(outs[0]).max() > 0.01
+    np.testing.assert_allclose(outs[1], 2 * outs[0], rtol=0, atol=3 / 32768)  # the files' 16-bit rounding
+
+
 def test_synth_mel_and_seconds(built, reference, tmp_path):
     np.save(tmp_path / "mel.npy", reference[0]["mel"])
     r = run_cli("synth", str(built / "models/float16"), "--mel", str(tmp_path / "mel.npy"), "--out", str(tmp_path / "a.wav"))

@@ -66,6 +66,8 @@ def test_config_is_frozen():
 @pytest.mark.parametrize("setting, message", [
     ("preemphasis=2", r"preemphasis must be in \[0, 1\)"),
     ("preemphasis=-0.1", r"preemphasis must be in \[0, 1\)"),
+    ("normalize_peak=2", r"normalize_peak must be in \[0, 1\] \(0: off\)"),
+    ("normalize_peak=-0.5", r"normalize_peak must be in \[0, 1\] \(0: off\)"),
     ("lr_schedule=linear", "lr_schedule must be one of exponential, cosine, inverse_time"),
     ("adam_beta2=1", r"adam_beta2 must be in \(0, 1\)"),
     ("qat_state_scales=per_tensor", "qat_state_scales must be one of shared, per_layer"),
@@ -119,10 +121,11 @@ def test_old_configs_keep_their_recipe():
     """A config saved before the recipe options existed loads with the recipe it was trained with."""
     values = Config.preset("s").to_dict()
     for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis", "qat",
-                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma", "lpc_inputs"):
+                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma", "lpc_inputs", "normalize_peak"):
         values.pop(key)
     old = Config.from_dict(values)
     assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (
         "exponential", 0, 0.999, False, 0.0)
     assert not old.qat  # a float model
     assert old.lpc_order == 0  # its samples are the (pre-emphasised) audio, not an excitation
+    assert old.normalize_peak == 0.0  # its recordings at their own level

@@ -157,6 +157,25 @@ def test_preemphasis_shapes_the_targets_not_the_mel(tiny_data, tiny_config):
     assert not np.array_equal(emph.classes, plain.classes)
 
 
+def test_normalize_peak_scales_every_recording_to_one_level(tiny_data, tiny_config):
+    from edge_runtime.audio import scale_to_peak
+    from training.data import load_recordings
+
+    as_recorded = load_recordings(tiny_data, tiny_config)
+    levelled = load_recordings(tiny_data, tiny_config.replace(normalize_peak=0.8))
+    peaks = np.array([np.abs(a).max() for _, _, a in as_recorded])
+    assert np.all(np.abs(peaks - 0.8) > 0.1)  # none is at that peak already: the test can see the scaling
+    for (name, speaker, a), (name2, speaker2, b) in zip(as_recorded, levelled):
+        assert (name, speaker) == (name2, speaker2) and b.dtype == np.float32
+        np.testing.assert_allclose(b, a * (0.8 / np.abs(a).max()), rtol=1e-6, atol=1e-9)
+        assert np.abs(b).max() == pytest.approx(0.8, rel=1e-6)
+    silence, gain = scale_to_peak(np.zeros(10, np.float32), 0.8)
+    assert gain == 1.0 and not silence.any()
+    audio = as_recorded[0][2]
+    same, gain = scale_to_peak(audio, 0.0)  # 0: off
+    assert gain == 1.0 and np.array_equal(same, audio)
+
+
 def test_lpc_targets_are_the_excitation_of_the_emphasised_audio(tiny_config):
     from edge_runtime.audio import preemphasize
     from edge_runtime.lpc import Synthesis, coefficients_for, excitation

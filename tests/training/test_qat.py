@@ -160,6 +160,15 @@ def test_finetune_can_add_lpc_inputs_starting_from_the_same_model(tiny_data, tmp
     assert abs(summary["val_nll_bits"] - before["val_nll_bits"]) > 1e-3
     with pytest.raises(QATError, match="architecture and data .* lpc_gamma"):  # not in a QAT run
         qat_train(source, tmp_path / "q", 5, "lpc_gamma=0.97")
+    # a new level for every recording: the same weights, new targets (louder ones: a higher NLL)
+    summary, _ = qat_train(source, tmp_path / "p", 0, "normalize_peak=0.9", "val_every=6", "checkpoint_every=6",
+                           qat=False)
+    assert Config.from_json(tmp_path / "p" / "config.json").normalize_peak == 0.9
+    start = np.load(ckpt_io.checkpoints(tmp_path / "p")[-1] / "ema.npz")
+    assert all(np.array_equal(start[k], source_ema[k]) for k in start)
+    assert summary["val_nll_bits"] > before["val_nll_bits"] + 0.1
+    with pytest.raises(QATError, match="architecture and data .* normalize_peak"):  # not in a QAT run
+        qat_train(source, tmp_path / "q", 5, "normalize_peak=0.9")
 
 
 def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
