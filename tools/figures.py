@@ -86,17 +86,21 @@ def training_curve_figure(training_json: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     card = json.loads(training_json.read_text())
-    curve = card["curve"]
-    steps = [c["step"] for c in curve]
+    changes = fine_tune_changes(card)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [c["val_nll_bits"] for c in curve], marker="o", label="validation NLL (held-out files 0–4)")
-    train = [(c["step"], c["train_loss_bits"]) for c in curve if c.get("train_loss_bits") is not None]
-    if train:
-        ax.plot(*zip(*train), linestyle="--", label="training loss (last 250 steps)")
-    for step, changes in fine_tune_changes(card):  # new inputs or new targets: the NLL before and after differ
+    # a leg that changed the inputs or the targets starts a new line: NLLs on either side measure different things
+    bounds = [-1] + [step for step, _ in changes] + [card["step"]]
+    for k, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        leg = [c for c in card["curve"] if lo < c["step"] <= hi]
+        ax.plot([c["step"] for c in leg], [c["val_nll_bits"] for c in leg], marker="o", color="C0",
+                label="validation NLL (held-out files 0–4)" if k == 0 else None)
+        train = [(c["step"], c["train_loss_bits"]) for c in leg if c.get("train_loss_bits") is not None]
+        if train:
+            ax.plot(*zip(*train), linestyle="--", color="C1", label="training loss (last 250 steps)" if k == 0 else None)
+    for step, changed in changes:
         ax.axvline(step, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(", ".join(f"{k} {v[1]}" for k, v in changes.items()), (step, 1), xycoords=("data", "axes fraction"),
-                    xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")
+        ax.annotate(", ".join(f"{k} {v[1]}" for k, v in changed.items()), (step, 0.5), xycoords=("data", "axes fraction"),
+                    xytext=(-9, 0), textcoords="offset points", fontsize=7, color="grey", rotation=90, va="center")
     ax.set_xlabel("step (batch 8 × 3200 scored samples)")
     ax.set_ylabel("bits per sample")
     # steps, not hours: a run resumed across sessions and paused for other jobs has a wall time that says little
