@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from edge_runtime.audio import front_end_params  # noqa: E402
 from edge_runtime.corpus import load_wav_folder  # noqa: E402
+from edge_runtime.errors import InputError  # noqa: E402
 from edge_runtime.synth import Synthesizer  # noqa: E402
 from quality_report import paired, score  # noqa: E402
 
@@ -104,7 +105,13 @@ class FlooredSynthesizer(Synthesizer):
             return int((np.log(kept) + gumbel).argmax())
 
     def configure(self, temperature: float, floor: float, sharpen: float) -> None:
-        """One setting; the voicing window and pitch lags in samples of this voice's rate."""
+        """One setting; the voicing window and pitch lags in samples of this voice's rate.
+
+        Raises InputError for a floor or sharpening on an lpc_inputs model: its steps run in the runtime's general
+        loop, which this class does not replace, so the setting would change nothing."""
+        if (floor or sharpen) and self._rows is not None:
+            raise InputError("a floor or sharpening needs a model without lpc_inputs (the sweep replaces only the "
+                             "one-stream loop); temperatures alone work on any model")
         self.temperature_now, self.floor, self.sharpen = temperature, floor, sharpen
         rate = int(self.config["sample_rate"])
         self._hop, self._window = int(self.config["hop_length"]), round(VOICING_WINDOW_S * rate)
@@ -142,9 +149,14 @@ def main() -> None:
                             args.files)
     clips = [(r, s, a[: a.shape[0] // hop * hop]) for r, s, a in clips if a.shape[0] >= 2 * hop]
     clips = [clips[i] for i in np.linspace(0, len(clips) - 1, min(args.limit, len(clips))).round().astype(int)]
+    settings = [(list(map(float, setting.split(":"))) + [0.0])[:3] for setting in args.settings.split(",")]
+    try:
+        for setting in settings:  # every setting checked before the first clip
+            synth.configure(*setting)
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     results = {}
-    for setting in args.settings.split(","):
-        temperature, floor, sharpen = (list(map(float, setting.split(":"))) + [0.0])[:3]
+    for setting, (temperature, floor, sharpen) in zip(args.settings.split(","), settings):
         synth.configure(temperature, floor, sharpen)
         per_clip = []
         for _, speaker, audio in clips:

@@ -43,7 +43,7 @@ def soak(model: str | None, minutes: float, window_s: float, seed: int) -> dict:
     """Streams for ``minutes``; returns the per-window records and a summary."""
     synth = Synthesizer.load(model)
     clips = example_clips()
-    mels = [synth.features(read_wav(c)[0])[0] for c in clips]  # at the model's level (the soak keeps it)
+    mels = [synth.features(read_wav(c)[0])[0] for c in clips]  # the output stays at the model's level: the soak times, not listens
     regex = synth.manifest.data.get("data", {}).get("speaker_regex")
     speaker = speaker_of(clips[0], clips[0].parent, regex) if synth.use_speaker and regex else None
     frames = (frame for mel in itertools.cycle(mels) for frame in mel)  # endless, frame by frame

@@ -1,8 +1,10 @@
 """tools/sampling_sweep.py: the causal voicing estimate and the sweep's own sampling loop against the runtime's."""
 
 import numpy as np
+import pytest
 
 from edge_runtime.audio import log_mel, front_end_params
+from edge_runtime.errors import InputError
 import sampling_sweep
 from sampling_sweep import FlooredSynthesizer, voicing
 
@@ -43,3 +45,11 @@ def test_sweep_loop_equals_runtime_sampling_at_the_temperature_it_means(built, m
     np.testing.assert_array_equal(*chunked)
     # a floor of 0.5 keeps one class at most, else the most likely one: greedy decoding (the runtime's T 0)
     np.testing.assert_array_equal(_synthesize(synth, mel, 0.7, 0.5, 0.0), _synthesize(synth, mel, 0.0, 0.0, 0.0))
+
+
+def test_floor_and_sharpening_are_refused_where_they_would_change_nothing(built):
+    synth = FlooredSynthesizer.load(built / "lpcin_float32", engine="litert")  # steps in the general loop
+    synth.configure(0.35, 0.0, 0.0)  # a temperature alone is the runtime's own sampling
+    for floor, sharpen in ((0.002, 0.0), (0.0, 1.0)):
+        with pytest.raises(InputError, match="needs a model without lpc_inputs"):
+            synth.configure(0.5, floor, sharpen)
