@@ -375,8 +375,8 @@ class Synthesizer:
             audio = self._lpc(audio)
         audio = self._deemphasis(squeeze(audio))
         if gain != 1.0:
-            audio = audio / gain
-        return audio if audio.dtype == np.float32 and gain == 1.0 else np.clip(audio, -1.0, 1.0).astype(np.float32)
+            audio = np.clip(audio / gain, -1.0, 1.0)
+        return audio if audio.dtype == np.float32 else np.clip(audio, -1.0, 1.0).astype(np.float32)
 
     def teacher_forced_logits(self, classes: np.ndarray, mel: np.ndarray | None = None,
                               speaker: int | str | None = None) -> np.ndarray:
