@@ -7,6 +7,7 @@ from typing import Iterator
 import numpy as np
 
 from edge_runtime.errors import InputError, ModelError
+from edge_runtime.features import PITCH_FEATURES, frame_width
 from edge_runtime.graph import Graph
 from edge_runtime.manifest import Manifest
 
@@ -25,9 +26,11 @@ class Conditioner:
         self.graph = Graph(manifest.conditioner_path, "cpu" if device.startswith("edgetpu") else device, threads,
                            {"mel"} | ({"speaker_bias"} if speaker_input else set()), {"cond"})
         self.chunk, self.context, self.hop = int(info["chunk_frames"]), int(info["context_frames"]), int(cfg["hop_length"])
-        self.n_mels, self.batch, self.pad = int(cfg["n_mels"]), batch, float(info["pad_value"])
+        self.width, self.batch, self.pad = frame_width(cfg), batch, float(info["pad_value"])  # values per frame
+        self._what = (f"{cfg['n_mels']} log-mel bands and {PITCH_FEATURES} pitch features" if cfg.get("pitch_features")
+                      else f"{self.width} bands")
         self.mel_port, self.cond_port = self.graph.inputs["mel"], self.graph.outputs["cond"]
-        expected = (batch, self.chunk + 2 * self.context, self.n_mels)
+        expected = (batch, self.chunk + 2 * self.context, self.width)
         if self.mel_port.shape != expected:
             raise ModelError(f"conditioner input shape {self.mel_port.shape} does not match the manifest {expected}")
         # Bound views: a format-2 chunk is L * G channels per sample (6.5 MB for `s`), not copied out of the graph
@@ -38,7 +41,7 @@ class Conditioner:
         self._views["speaker_bias"][...] = self.graph.inputs["speaker_bias"].quantize(bias)
 
     def _frames(self, mel, on_frames) -> Iterator[np.ndarray]:
-        """Validated blocks [k, B, n_mels] from an array or an iterable of frames/blocks, each also handed to
+        """Validated blocks [k, B, width] from an array or an iterable of frames/blocks, each also handed to
         ``on_frames`` (if given) as it arrives.
 
         Long blocks come out in chunk-sized pieces, so the window buffer never holds more than about a chunk.
@@ -51,14 +54,14 @@ class Conditioner:
                 yield block[start:start + self.chunk]
 
     def _check(self, block) -> np.ndarray:
-        """One block as [k, B, n_mels], or an InputError."""
+        """One block as [k, B, width], or an InputError."""
         block = np.asarray(block, np.float32)
         if block.ndim == 1:
             block = block[None]
         if self.batch == 1 and block.ndim == 2:
             block = block[:, None]
-        if block.ndim != 3 or block.shape[1:] != (self.batch, self.n_mels):
-            raise InputError(f"mel frames must have {self.n_mels} bands (shape [frames, {self.n_mels}]), "
+        if block.ndim != 3 or block.shape[1:] != (self.batch, self.width):
+            raise InputError(f"mel frames must have {self._what} (shape [frames, {self.width}]), "
                              f"got shape {tuple(block.shape)}")
         if not np.all(np.isfinite(block)):
             raise InputError("mel frames contain NaN or infinite values")
@@ -68,11 +71,11 @@ class Conditioner:
         """Yields the per-sample conditioning c[t] of consecutive chunks, [chunk * hop, B, C] (float32).
 
         With ``copy=False`` each chunk is a view of the graph's output, valid until the next one is asked for.
-        ``on_frames(block)`` sees every validated mel block [k, B, n_mels] before the conditioning it leads to
+        ``on_frames(block)`` sees every validated mel block [k, B, width] before the conditioning it leads to
         (the LPC postfilter's coefficients come from the same frames).
         """
         width = self.chunk + 2 * self.context
-        pad = np.full((self.context, self.batch, self.n_mels), self.pad, np.float32)
+        pad = np.full((self.context, self.batch, self.width), self.pad, np.float32)
         buffer = [pad]
         buffered = self.context  # frames in the buffer; the first `context` are left context
         for block in self._frames(mel, on_frames):
@@ -85,7 +88,7 @@ class Conditioner:
         remaining = buffered - self.context  # real frames not yet turned into conditioning
         if remaining < 0:
             return
-        window = np.concatenate(buffer + [np.full((width, self.batch, self.n_mels), self.pad, np.float32)])
+        window = np.concatenate(buffer + [np.full((width, self.batch, self.width), self.pad, np.float32)])
         while remaining > 0:
             out = self._run(window[:width], copy)
             yield out[:min(self.chunk, remaining) * self.hop]

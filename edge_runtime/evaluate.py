@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from edge_runtime.audio import front_end_params, log_mel, mu_law_encode, scale_to_peak
+from edge_runtime.audio import mu_law_encode, scale_to_peak
+from edge_runtime.features import conditioning_frames
 from edge_runtime.lpc import model_signal
 from edge_runtime.corpus import DataError, load_wav_folder
 from edge_runtime.synth import Synthesizer
@@ -41,7 +42,7 @@ def evaluate_folder(synth: Synthesizer, data_dir: str | os.PathLike, speaker_reg
         if synth.use_speaker and label not in speakers:
             raise DataError(f"speaker {label!r} of {rel} is not one of the model's speakers ({', '.join(speakers)})")
         audio, _ = scale_to_peak(audio, synth.manifest.input_peak)  # the level the model was trained at
-        mel = log_mel(audio, **front_end_params(cfg)) if synth.use_mel else None
+        mel = conditioning_frames(audio, cfg) if synth.use_mel else None
         classes = mu_law_encode(model_signal(audio, mel, cfg), cfg["mu_classes"])
         logits = synth.teacher_forced_logits(classes, mel, label if synth.use_speaker else None)
         total += nll_nats(log_softmax(logits), classes)

@@ -217,20 +217,22 @@ def _synthesis_loop(samples: np.ndarray, coefficients: np.ndarray, past: np.ndar
     return out
 
 
-def coefficients_for(log_mel: np.ndarray, config: dict) -> np.ndarray:
-    """:func:`lpc_from_mel` with a model's settings (its training config or manifest config)."""
-    return lpc_from_mel(log_mel, sample_rate=config["sample_rate"], n_fft=config["n_fft"], n_mels=config["n_mels"],
+def coefficients_for(frames: np.ndarray, config: dict) -> np.ndarray:
+    """:func:`lpc_from_mel` with a model's settings (its training config or manifest config), of its conditioning
+    frames [F, width] (the log-mel bands come first: edge_runtime/features.py)."""
+    return lpc_from_mel(frames[..., :config["n_mels"]], sample_rate=config["sample_rate"], n_fft=config["n_fft"],
+                        n_mels=config["n_mels"],
                         fmin=config["fmin"], fmax=config["fmax"], order=config["lpc_order"],
                         gamma=config["lpc_gamma"], preemphasis=config.get("preemphasis", 0.0))
 
 
-def model_signal(audio: np.ndarray, log_mel: np.ndarray | None, config: dict) -> np.ndarray:
+def model_signal(audio: np.ndarray, frames: np.ndarray | None, config: dict) -> np.ndarray:
     """The signal a model learns the µ-law classes of: the audio, pre-emphasised if the model is, and its LPC
-    excitation if the model predicts one (``lpc_order`` > 0; needs the audio's log-mel). float32 [T]."""
+    excitation if the model predicts one (``lpc_order`` > 0; needs the audio's conditioning frames). float32 [T]."""
     signal = preemphasize(audio, config.get("preemphasis", 0.0))
     if not config.get("lpc_order", 0):
         return signal
-    return excitation(signal, coefficients_for(log_mel, config), config["hop_length"])
+    return excitation(signal, coefficients_for(frames, config), config["hop_length"])
 
 
 class InputRows:

@@ -17,9 +17,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edge_runtime import lpc, native
-from edge_runtime.audio import Deemphasis, front_end_params, log_mel, mu_law_decode, scale_to_peak
+from edge_runtime.audio import Deemphasis, mu_law_decode, scale_to_peak
 from edge_runtime.conditioner import Conditioner
 from edge_runtime.errors import InputError, ModelError
+from edge_runtime.features import conditioning_frames, frame_width
 from edge_runtime.graph import Graph
 from edge_runtime.files import default_model_dir, example_clips  # noqa: F401 (public API: edge_runtime/__init__.py)
 from edge_runtime.manifest import Manifest, cfg_dilations, load_manifest, malformed_is_model_error
@@ -83,7 +84,7 @@ class Synthesizer:
         # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
         self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
-        width = int(cfg["n_mels"] if cfg.get("cond_layers") == 0 else cfg["cond_channels"])  # c' (format 1)
+        width = frame_width(cfg) if cfg.get("cond_layers") == 0 else int(cfg["cond_channels"])  # c' (format 1)
         self._gates.check(ins, width, self.conditioner)
         self._views, self._invoke = self.step.bind()
         self._native = self._start_native(engine, device, dilations)
@@ -298,11 +299,12 @@ class Synthesizer:
 
     # ---------------------------------------------------------------------------------------------- public API
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, float]:
-        """The log-mel frames [F, n_mels] this model expects of a recording (float [T] at ``sample_rate``), and the
-        gain they were taken at: a model trained at a fixed level (``normalize_peak``) gets the recording scaled to
-        it. ``stream(mel, gain=gain)`` then returns the voice at the recording's own level."""
+        """The conditioning frames [F, width] this model expects of a recording (float [T] at ``sample_rate``), and
+        the gain they were taken at. A frame is the log-mel bands, then the pitch features of a ``pitch_features``
+        model (edge_runtime/features.py). A model trained at a fixed level (``normalize_peak``) gets the recording
+        scaled to it; ``stream(mel, gain=gain)`` then returns the voice at the recording's own level."""
         scaled, gain = scale_to_peak(audio, self.manifest.input_peak)
-        return log_mel(scaled, **front_end_params(self.config)), gain
+        return conditioning_frames(scaled, self.config), gain
 
     def stream(self, mel: np.ndarray | Iterable[np.ndarray] | None = None, speaker: int | str | None = None,
                temperature: float | None = None, seed: int | None = None, seconds: float | None = None,
@@ -310,8 +312,9 @@ class Synthesizer:
         """Generates audio, yielding float32 chunks as soon as their conditioning is available.
 
         Args:
-            mel: log-mel frames [F, n_mels], or an iterable of frames ([n_mels]) or blocks ([k, n_mels]) as they
-                arrive (the conditioner needs a few frames of lookahead, given in the manifest).
+            mel: conditioning frames [F, width] (:meth:`features`: log-mel bands, then any pitch features), or an
+                iterable of frames ([width]) or blocks ([k, width]) as they arrive (the conditioner needs a few
+                frames of lookahead, given in the manifest).
             speaker: a speaker name or index (multi-speaker models; default the first).
             temperature: sampling temperature (0 = always the most likely sample, 1.0 = the model's own
                 distribution); default: the one the manifest recommends (``sampling.temperature``), else 0.5.
@@ -359,8 +362,8 @@ class Synthesizer:
             remaining -= n
 
     def _add_lpc_frames(self, block: np.ndarray) -> None:
-        """The LPC coefficients of mel frames [k, B, n_mels] as they arrive, for the postfilter (and the input rows
-        of an lpc_inputs model)."""
+        """The LPC coefficients of conditioning frames [k, B, width] as they arrive, for the postfilter (and the
+        input rows of an lpc_inputs model)."""
         k = block.shape[0]
         coefficients = lpc.coefficients_for(block.reshape(k * self.batch, -1), self.config).reshape(k, self.batch, -1)
         self._lpc.add_frames(coefficients)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality_report import paired  # noqa: E402
 
-METRICS = ("pesq", "stoi", "lmd_db")
+METRICS = ("pesq", "stoi", "lmd_db", "gpe", "vde")
 
 
 class PairError(ValueError):
@@ -33,13 +33,14 @@ def clips_of(report: dict, label: str, path: str) -> list[dict]:
 
 
 def pair(new: dict, old: dict, label: str, baseline: str, paths=("NEW", "OLD")) -> dict:
-    """{metric: paired(new's method, old's baseline)}; lower is better for ``lmd_db``, as in the reports."""
+    """{metric: paired(new's method, old's baseline)} for the metrics both reports have (reports made before the
+    pitch errors lack them); lower is better for ``lmd_db``, ``gpe`` and ``vde``, as in the reports."""
     if new["settings"]["seeds"] != old["settings"]["seeds"]:
         raise PairError(f"seeds differ: {new['settings']['seeds']} and {old['settings']['seeds']}")
     a, b = clips_of(new, label, paths[0]), clips_of(old, baseline, paths[1])
     if [c["file"] for c in a] != [c["file"] for c in b]:
         raise PairError("the reports scored different clips")
-    return {metric: paired(a, b, metric) for metric in METRICS}
+    return {metric: paired(a, b, metric) for metric in METRICS if metric in a[0] and metric in b[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

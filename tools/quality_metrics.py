@@ -130,3 +130,28 @@ def world_resynthesis(audio: np.ndarray, rate: int) -> np.ndarray:
         y = resample_poly(y, 1, up)
     y = np.pad(y, (0, max(0, audio.shape[0] - y.shape[0])))[: audio.shape[0]]
     return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+
+# Pitch errors as vocoder papers report them (Nakatani et al. 2008): a frame voiced in both signals whose f0 is off
+# by more than 20 % is a gross pitch error; a frame voiced in one signal only is a voicing decision error.
+GPE_TOLERANCE = 0.2
+F0_RANGE = (60.0, 500.0)  # Hz: Harvest's search range, low male voices to a child's
+
+
+def f0_track(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Harvest's f0 every 5 ms (0 where unvoiced): float64 [frames]."""
+    import pyworld
+
+    f0, _ = pyworld.harvest(audio.astype(np.float64), rate, f0_floor=F0_RANGE[0], f0_ceil=F0_RANGE[1])
+    return f0
+
+
+def pitch_errors(reference_f0: np.ndarray, degraded: np.ndarray, rate: int) -> tuple[float | None, float]:
+    """(gross pitch error rate over the frames voiced in both, or None if there are none; voicing decision error
+    rate over all frames) of ``degraded`` against the reference's :func:`f0_track`."""
+    f0 = f0_track(degraded, rate)
+    n = min(f0.shape[0], reference_f0.shape[0])
+    a, b = reference_f0[:n], f0[:n]
+    both = (a > 0) & (b > 0)
+    gross = np.abs(b[both] / a[both] - 1.0) > GPE_TOLERANCE
+    return (float(gross.mean()) if both.any() else None), float(np.mean((a > 0) != (b > 0)))

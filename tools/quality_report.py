@@ -33,7 +33,8 @@ from edge_runtime.evaluate import evaluate_folder  # noqa: E402
 from edge_runtime.synth import Synthesizer, default_model_dir  # noqa: E402
 from edge_runtime.files import portable_path, write_text_atomic  # noqa: E402
 from edge_runtime.wavio import AtomicWavWriter  # noqa: E402
-from quality_metrics import griffin_lim, log_mel_distance, mu_law_round_trip, pesq_nb, stoi, world_resynthesis  # noqa: E402
+from quality_metrics import (  # noqa: E402
+    f0_track, griffin_lim, log_mel_distance, mu_law_round_trip, pesq_nb, pitch_errors, stoi, world_resynthesis)
 
 GAP_SECONDS = 0.1  # silence between clips in the per-speaker concatenations
 
@@ -45,13 +46,15 @@ def model_label(synth: Synthesizer) -> str:
 
 def paired(model: list[dict], baseline: list[dict], metric: str) -> dict | None:
     """Per-clip comparison of a model with a baseline on the clips both could score: wins of the model, mean
-    difference and its 95 % interval (normal approximation: a few hundred clips)."""
+    difference and its 95 % interval (normal approximation: a few hundred clips). For an error rate or distance
+    (:data:`LOWER_IS_BETTER`) a win is a lower value."""
     pairs = [(m[metric], b[metric]) for m, b in zip(model, baseline) if m[metric] is not None and b[metric] is not None]
     if len(pairs) < 2:
         return None
     diff = np.array([m - b for m, b in pairs])
     half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size)
-    return {"clips": int(diff.size), "wins": int((diff > 0).sum()), "mean_difference": float(diff.mean()),
+    wins = (diff < 0) if metric in LOWER_IS_BETTER else (diff > 0)
+    return {"clips": int(diff.size), "wins": int(wins.sum()), "mean_difference": float(diff.mean()),
             "ci95": [float(diff.mean() - half), float(diff.mean() + half)]}
 
 
@@ -64,18 +67,26 @@ def synthesize(synth: Synthesizer, audio: np.ndarray, speaker: str, temperature:
                                             temperature=temperature, seed=seed, gain=gain)))
 
 
-def score(reference: np.ndarray, output: np.ndarray, rate: int, front_end: dict) -> dict:
-    """PESQ-NB, STOI (None where the clip is too short) and log-mel distance of one output."""
+METRICS = ("pesq", "stoi", "lmd_db", "gpe", "vde")
+PAIRED = ("pesq", "stoi", "gpe")  # paired per clip with WORLD and with the first model
+LOWER_IS_BETTER = frozenset({"lmd_db", "gpe", "vde"})
+
+
+def score(reference: np.ndarray, output: np.ndarray, rate: int, front_end: dict,
+          reference_f0: np.ndarray | None = None) -> dict:
+    """PESQ-NB, STOI (None where the clip is too short), log-mel distance, and the gross pitch and voicing
+    decision error rates of one output (against ``reference_f0``, the reference's f0 track, if given)."""
     n = min(reference.shape[0], output.shape[0])
     reference, output = reference[:n], output[:n]
+    gpe, vde = pitch_errors(f0_track(reference, rate) if reference_f0 is None else reference_f0, output, rate)
     return {"pesq": pesq_nb(reference, output, rate), "stoi": stoi(reference, output, rate),
-            "lmd_db": log_mel_distance(reference, output, front_end)}
+            "lmd_db": log_mel_distance(reference, output, front_end), "gpe": gpe, "vde": vde}
 
 
 def summarize(per_clip: list[dict], per_speaker: list[dict]) -> dict:
     """Means over scorable clips, with counts of unscorable ones, and means over speaker concatenations."""
     out = {"clips": len(per_clip)}
-    for metric in ("pesq", "stoi", "lmd_db"):
+    for metric in METRICS:
         values = [c[metric] for c in per_clip if c[metric] is not None]
         out[metric] = float(np.mean(values)) if values else None
         out[f"{metric}_scored"] = len(values)
@@ -105,7 +116,7 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
     gap = np.zeros(int(GAP_SECONDS * rate), np.float32)
     timing = {m: 0.0 for m in methods}
     for k, (rel, speaker, audio) in enumerate(clips):
-        mel = log_mel(audio, **front_end)
+        mel, reference_f0 = log_mel(audio, **front_end), f0_track(audio, rate)
         outputs: dict[str, list[np.ndarray]] = {}
         for name, make in [("µ-law 8 bit", lambda: mu_law_round_trip(audio, cfg["mu_classes"])),
                            ("Griffin-Lim", lambda: griffin_lim(mel, front_end, gl_iterations)),
@@ -120,8 +131,8 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
         bucket = speakers.setdefault(speaker, {"reference": [], **{m: [[] for _ in outputs[m]] for m in methods}})
         bucket["reference"] += [audio, gap]
         for name, outs in outputs.items():
-            scores = [score(audio, o, rate, front_end) for o in outs]
-            per_clip[name].append({"file": rel, **{m: _mean([s[m] for s in scores]) for m in ("pesq", "stoi", "lmd_db")}})
+            scores = [score(audio, o, rate, front_end, reference_f0) for o in outs]
+            per_clip[name].append({"file": rel, **{m: _mean([s[m] for s in scores]) for m in METRICS}})
             for seed_outs, o in zip(bucket[name], outs):
                 seed_outs += [o[: audio.shape[0]], gap]
             if wav_dir is not None and k < 3:
@@ -133,9 +144,10 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
     per_speaker: dict[str, list[dict]] = {m: [] for m in methods}
     for speaker, bucket in sorted(speakers.items()):
         reference = np.concatenate(bucket["reference"])
+        reference_f0 = f0_track(reference, rate)
         for name in methods:
-            scores = [score(reference, np.concatenate(o), rate, front_end) for o in bucket[name]]
-            per_speaker[name].append({"speaker": speaker, **{m: _mean([s[m] for s in scores]) for m in ("pesq", "stoi", "lmd_db")}})
+            scores = [score(reference, np.concatenate(o), rate, front_end, reference_f0) for o in bucket[name]]
+            per_speaker[name].append({"speaker": speaker, **{m: _mean([s[m] for s in scores]) for m in METRICS}})
     audio_seconds = sum(a.shape[0] for _, _, a in clips) / rate
     report = {"schema": "wavenet-edge-quality/1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               # the data folder by its name: no path of this machine
@@ -152,9 +164,9 @@ def run(models: list[Path], data: str, files: str | None, speaker_regex: str | N
     first = model_label(synths[0])
     for s in synths:  # each model paired with WORLD, and every later model with the first (an A/B)
         entry, clips_of = report["models"][model_label(s)], per_clip[model_label(s)]
-        entry["vs_world"] = {metric: paired(clips_of, per_clip["WORLD"], metric) for metric in ("pesq", "stoi")}
+        entry["vs_world"] = {metric: paired(clips_of, per_clip["WORLD"], metric) for metric in PAIRED}
         if model_label(s) != first:
-            entry["vs_first"] = {metric: paired(clips_of, per_clip[first], metric) for metric in ("pesq", "stoi")}
+            entry["vs_first"] = {metric: paired(clips_of, per_clip[first], metric) for metric in PAIRED}
     if nll:
         for s in synths:
             report["models"][model_label(s)].update(evaluate_folder(s, data, regex, files))
@@ -184,11 +196,12 @@ def markdown(report: dict) -> str:
     d = report["data"]
     lines = [f"Copy synthesis of {d['clips']} held-out clips ({d['seconds']:.0f} s, {len(d['speakers'])} speakers), "
              f"temperature {_temperatures(report['settings']['temperature'])}, seeds {report['settings']['seeds']}.", "",
-             "| method | PESQ-NB | STOI | log-mel dist. (dB) | PESQ / STOI per speaker | NLL bits/sample |",
-             "|---|---|---|---|---|---|"]
+             "| method | PESQ-NB | STOI | log-mel dist. (dB) | GPE / VDE | PESQ / STOI per speaker | NLL bits/sample |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in report["methods"].items():
         nll = report["models"].get(name, {}).get("nll_bits_per_sample")
         lines.append(f"| {name} | {_fmt(m['pesq'])} | {_fmt(m['stoi'], 3)} | {_fmt(m['lmd_db'], 2)} | "
+                     f"{_percent(m.get('gpe'))} / {_percent(m.get('vde'))} | "
                      f"{_fmt(m['pesq_speakers'])} / {_fmt(m['stoi_speakers'], 3)} | {_fmt(nll, 3) if nll else ''} |")
     lines.append("")
     first_model = next(iter(report["models"]), None)
@@ -202,8 +215,13 @@ def markdown(report: dict) -> str:
     first = next(iter(report["methods"].values()))
     lines += ["", f"PESQ scored {first['pesq_scored']} of {first['clips']} clips and STOI {first['stoi_scored']} "
               "(the others are too short: under 0.25 s, or under 30 STOI frames of speech); the per-speaker "
-              "column scores each speaker's clips concatenated."]
+              "column scores each speaker's clips concatenated. GPE: frames voiced in both signals whose f0 is off by "
+              "more than 20 %; VDE: frames voiced in one signal only (Harvest f0, 5 ms frames)."]
     return "\n".join(lines) + "\n"
+
+
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.1f} %"
 
 
 def _temperatures(setting) -> str:

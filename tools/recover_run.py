@@ -168,7 +168,7 @@ def logit_error(model, folder: Path, frames: int = 12) -> float:
 
     cfg, rng = model.config, np.random.default_rng(0)
     classes = rng.integers(0, cfg.mu_classes, frames * cfg.frame_length)
-    mel = rng.uniform(np.log(cfg.log_floor), 0, (frames, cfg.n_mels)).astype(np.float32) if cfg.use_mel else None
+    mel = rng.uniform(np.log(cfg.log_floor), 0, (frames, cfg.frame_width)).astype(np.float32) if cfg.use_mel else None
     lpc = lpc_inputs(classes, mel, cfg)  # an lpc_inputs model's s and p classes, as the runtime builds them
     inputs = {"audio": classes[None].astype(np.int32), "mel": None if mel is None else mel[None],
               "speaker": np.zeros(1, np.int32) if cfg.use_speaker else None, "lpc": None if lpc is None else lpc[None]}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import WavenetEdgeError
+from edge_runtime.features import frame_width
 from edge_runtime.lpc import MAX_FFT as MAX_LPC_FFT, MAX_ORDER as MAX_LPC_ORDER
 
 
@@ -98,6 +99,9 @@ class Config:
     # 0's input. s is rebuilt from the quantised excitation, as generation sees it; the step graph is unchanged
     # (the runtime sums the three rows).
     lpc_inputs: bool = False
+    # LPCNet's pitch features (edge_runtime/features.py): each conditioning frame carries, after its log-mel bands,
+    # the voicing and period of the signal around it, so the network need not infer the period from harmonics.
+    pitch_features: bool = False
     # Noise on the fed-back input (LPCNet, FFTNet): during training the network reads its past samples' µ-law
     # classes plus rounded Gaussian noise of this standard deviation (in classes), while the targets stay clean,
     # so it learns to continue from a history with errors like its own at synthesis (0 = off).
@@ -140,6 +144,11 @@ class Config:
     def use_mel(self) -> bool:
         """Whether the model is locally conditioned on log-mel frames."""
         return self.n_mels > 0
+
+    @property
+    def frame_width(self) -> int:
+        """Values per conditioning frame: the log-mel bands, then the pitch features of a ``pitch_features`` model."""
+        return frame_width(self.to_dict())
 
     @property
     def use_speaker(self) -> bool:
@@ -240,6 +249,7 @@ class Config:
              f"input_noise must be in [0, {self.mu_classes / 4:g}] classes, got {self.input_noise}")
         need(not self.lpc_inputs or self.lpc_order, "lpc_inputs needs lpc_order > 0 (s and p come from the filter)")
         need(not self.lpc_order or self.use_mel, "lpc_order needs local conditioning (the LPC comes from the mel)")
+        need(not self.pitch_features or self.use_mel, "pitch_features needs local conditioning (n_mels > 0)")
         need(0 <= self.lr_min <= self.learning_rate, f"need 0 <= lr_min <= learning_rate, got lr_min={self.lr_min}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(self.mixed_precision in ("none", "bfloat16"),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.audio import front_end_params, log_mel, mu_law_encode, scale_to_peak
+from edge_runtime.audio import mu_law_encode, scale_to_peak
+from edge_runtime.features import conditioning_frames
 from edge_runtime.lpc import coefficients_for, input_classes, model_signal
 from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
@@ -74,11 +75,12 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
 
 
 def prepare(audio: np.ndarray, config: Config, name: str, speaker: int, left_pad: int = 0) -> Utterance:
-    """µ-law classes (of the pre-emphasised signal or its LPC excitation: edge_runtime/lpc.py) and log-mel (of the
-    signal itself) of float audio, truncated to whole frames, with optional leading silence."""
+    """µ-law classes (of the pre-emphasised signal or its LPC excitation: edge_runtime/lpc.py) and conditioning
+    frames (log-mel and pitch features of the signal itself: edge_runtime/features.py) of float audio, truncated
+    to whole frames, with optional leading silence."""
     audio = np.concatenate([np.zeros(left_pad, np.float32), audio])
     audio = audio[: audio.shape[0] // config.frame_length * config.frame_length]
-    mel = log_mel(audio, **front_end_params(config.to_dict())) if config.use_mel else None
+    mel = conditioning_frames(audio, config.to_dict()) if config.use_mel else None
     classes = mu_law_encode(model_signal(audio, mel, config.to_dict()), config.mu_classes)
     return Utterance(name, speaker, classes, mel, lpc_inputs(classes, mel, config))
 

@@ -33,7 +33,7 @@ class NLLScorer:
         self.config = config
         spec = {"audio": tf.TensorSpec([1, None], tf.int32)}
         if config.use_mel:
-            spec["mel"] = tf.TensorSpec([1, None, config.n_mels], tf.float32)
+            spec["mel"] = tf.TensorSpec([1, None, config.frame_width], tf.float32)
         if config.lpc_inputs:
             spec["lpc"] = tf.TensorSpec([1, None, 2], tf.int32)
         if config.use_speaker:

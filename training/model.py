@@ -207,7 +207,7 @@ class WaveNet(keras.Model):
         self.config = config
         cond = config.cond_channels if config.use_mel else 0
         if config.use_mel and config.cond_layers == 0:
-            cond = config.n_mels
+            cond = config.frame_width
         self.embed = layers.Embedding(config.mu_classes, config.residual_channels, name="sample_embedding")
         # lpc_inputs: s[t] and p[t+1] (inputs["lpc"]) through their own tables, summed into layer 0's input
         self.embed_lpc = ([layers.Embedding(config.mu_classes, config.residual_channels, name=f"{n}_embedding")
@@ -274,7 +274,7 @@ def model_inputs(config: Config, batch: int, samples: int) -> dict:
     """Zero-filled inputs of the right shapes and dtypes (used to build the model's weights)."""
     inputs = {"audio": np.zeros((batch, samples), np.int32)}
     if config.use_mel:
-        inputs["mel"] = np.zeros((batch, samples // config.hop_length, config.n_mels), np.float32)
+        inputs["mel"] = np.zeros((batch, samples // config.hop_length, config.frame_width), np.float32)
     if config.lpc_inputs:
         inputs["lpc"] = np.full((batch, samples, 2), config.mu_classes // 2, np.int32)
     if config.use_speaker:

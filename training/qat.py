@@ -7,7 +7,8 @@ correction and the warm-up (``--set warmup_steps=N``) apply: resuming the source
 schedule with zeroed moments and no bias correction, i.e. a few hundred steps at up to several times its rate.
 Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only;
 on an excitation model also ``lpc_inputs=true``, LPCNet's extra inputs with their tables starting at zero, and
-``lpc_gamma``, the predictor's bandwidth expansion: new targets for the same weights, see :data:`RETARGETS`).
+``lpc_gamma``, the predictor's bandwidth expansion: new targets for the same weights, see :data:`RETARGETS`; on
+any mel model ``pitch_features=true``, whose new input weights start at zero, see :data:`GROWS`).
 
 The QAT run is a run folder like any other (resumed by the same command), whose config is the source's with
 ``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
@@ -44,6 +45,9 @@ TUNABLE = frozenset({
 RETARGETS = frozenset({"lpc_gamma"})
 # What any float fine-tune may change: the level every recording is scaled to (the same voice, louder or quieter).
 RESCALES = frozenset({"normalize_peak"})
+# Inputs a float fine-tune may add (off -> on): their weights start at zero, so the run starts from exactly the
+# source's model and learns what the new inputs add (see FineTuneSource.load_into).
+GROWS = frozenset({"pitch_features"})
 
 
 class QATError(WavenetEdgeError):
@@ -98,7 +102,7 @@ class FineTuneSource:
         if config.qat != qat:
             raise QATError(f"qat={str(config.qat).lower()} contradicts {option(qat)}")
         a, b = self.config.to_dict(), config.to_dict()
-        free = set(TUNABLE) | {"qat"} | (set() if qat else RESCALES)
+        free = set(TUNABLE) | {"qat"} | (set() if qat else RESCALES | {k for k in GROWS if not a[k]})
         if not qat and a["lpc_order"]:
             free |= RETARGETS | ({"lpc_inputs"} if not a["lpc_inputs"] else set())  # growing: see load_into
         changed = [k for k in a if k not in free and a[k] != b[k]]
@@ -139,14 +143,28 @@ class FineTuneSource:
         """The source's final EMA weights into the model and its EMA (the ranges are set by calibration).
 
         A float fine-tune may turn ``lpc_inputs`` on: the new signal and prediction tables start at zero, so the
-        run starts from exactly the source's model and learns what the new inputs add."""
+        run starts from exactly the source's model and learns what the new inputs add. Likewise the rows of
+        ``pitch_features`` in the first layer that reads the conditioning frames."""
         arrays = ckpt_io.load_ema(self.checkpoint)
         if not self.config.lpc_inputs:
             arrays.update({t.embeddings.path: np.zeros(t.embeddings.shape, np.float32)
                            for t in learner.model.embed_lpc})
+        if learner.model.config.pitch_features and not self.config.pitch_features:
+            for variable in frame_input_kernels(learner.model):
+                old = arrays[variable.path]  # [..., n_mels, C]: the new frame values' rows go after the bands'
+                pad = [(0, 0)] * (old.ndim - 2) + [(0, variable.shape[-2] - old.shape[-2]), (0, 0)]
+                arrays[variable.path] = np.pad(old, pad)
         ckpt_io.assign_arrays(learner.variables, arrays, f"{self.checkpoint}/ema.npz")
         for e, v in zip(learner.ema, learner.variables):
             e.assign(v)
+
+
+def frame_input_kernels(model) -> list:
+    """The kernels whose input rows are the conditioning frames' values: the first frame convolution's, or without
+    one (``cond_layers`` 0) every layer's conditioning projection."""
+    if model.config.cond_layers:
+        return [model.upsampler.convs[0].kernel]
+    return [block.cond.kernel for block in model.blocks]
 
 
 def provenance_key(qat: bool) -> str:

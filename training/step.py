@@ -233,7 +233,8 @@ def conditioner_input_specs(config: Config, batch: int, frames: int) -> dict:
     """Names and shapes of the conditioner graph's inputs (the exported signature)."""
     import tensorflow as tf
 
-    specs = {"mel": tf.TensorSpec([batch, frames + 2 * conditioning_context(config), config.n_mels], tf.float32, "mel")}
+    width = frames + 2 * conditioning_context(config)
+    specs = {"mel": tf.TensorSpec([batch, width, config.frame_width], tf.float32, "mel")}
     if config.use_speaker:
         width = config.n_layers * config.gate_channels
         specs["speaker_bias"] = tf.TensorSpec([batch, width], tf.float32, "speaker_bias")
@@ -243,8 +244,9 @@ def conditioner_input_specs(config: Config, batch: int, frames: int) -> dict:
 def make_conditioner_function(model: WaveNet, weights: dict, batch: int, frames: int):
     """A tf.function ``conditioner(mel, [speaker_bias]) -> {"cond": [B, frames * hop, L * G]}``.
 
-    ``mel`` [B, frames + 2P, n_mels] (P = :func:`conditioning_context` frames each side), ``speaker_bias``
-    [B, L * G] (the streams' speakers' gate biases, for multi-speaker models). Output channel l * G + g of sample
+    ``mel`` [B, frames + 2P, width] (conditioning frames, edge_runtime/features.py; P =
+    :func:`conditioning_context` frames each side), ``speaker_bias`` [B, L * G] (the streams' speakers' gate
+    biases, for multi-speaker models). Output channel l * G + g of sample
     t is layer l's gate input (c[t] V_l + s U_l)[g], for the window's centre frames: the frame-rate part of the
     model's own upsampler, every layer's projection at frame rate (8 frames per chunk instead of 640 samples),
     then the upsampler's linear part as one matrix product. The speaker's biases ride along as one more

@@ -45,7 +45,7 @@ def _load_mel(path: str) -> np.ndarray:
     except (OSError, ValueError, EOFError, SyntaxError, TokenError) as e:  # numpy parses the header as Python literals
         raise InputError(f"cannot read mel file {path}: {first_line(e)}") from None
     if mel.ndim != 2 or not np.issubdtype(mel.dtype, np.floating):
-        raise InputError(f"{path}: mel must be a float array [frames, n_mels], got {mel.dtype} {mel.shape}")
+        raise InputError(f"{path}: mel must be a float array [frames, bands], got {mel.dtype} {mel.shape}")
     return mel
 
 
@@ -100,7 +100,8 @@ def _source(synth, wav, mel, seconds, speaker):
 @click.option("--wav", type=click.Path(),
               help="Resynthesise this recording from its log-mel (default: a shipped example of the speaker).")
 @click.option("--mel", type=click.Path(),
-              help="Log-mel frames as .npy [frames, n_mels], of audio at the model's level (its normalize_peak).")
+              help="Conditioning frames as .npy [frames, width]: log-mel bands (then pitch features, for a "
+                   "pitch_features model) of audio at the model's level (its normalize_peak).")
 @click.option("--seconds", type=float, help="Free generation (models without local conditioning).")
 @click.option("--speaker", default=None, help="Speaker name or index (multi-speaker models; default the first).")
 @click.option("--temperature", default=None, type=float,

@@ -29,6 +29,19 @@ def test_pairs_by_file_and_skips_unscored_clips():
     assert result["pesq"]["ci95"] == pytest.approx([diff.mean() - half, diff.mean() + half], abs=1e-12)
     assert result["stoi"]["mean_difference"] == pytest.approx(diff.mean() / 4, abs=1e-12)
     assert result["lmd_db"]["wins"] == 0 and result["lmd_db"]["mean_difference"] == 0
+    assert "gpe" not in result  # reports made before the pitch errors: only the metrics both have
+
+
+def test_lower_is_better_for_distances_and_error_rates():
+    from pair_reports import pair
+
+    new, old = report({"A": [3.0, 3.0, 3.0]}), report({"A": [3.0, 3.0, 3.0]})
+    for clips, lmd, gpe in ((new, [6.0, 8.0, 6.5], [0.1, 0.3, 0.0]), (old, [7.0, 7.0, 7.0], [0.2, 0.2, 0.2])):
+        for clip, d, g in zip(sorted(clips["per_clip"]["A"], key=lambda c: c["file"]), lmd, gpe):
+            clip.update(lmd_db=d, gpe=g, vde=g)
+    result = pair(new, old, "A", "A")
+    assert result["lmd_db"]["wins"] == 2 and result["gpe"]["wins"] == 2 and result["vde"]["wins"] == 2
+    assert result["gpe"]["mean_difference"] == pytest.approx(-0.2 / 3, abs=1e-12)
 
 
 def test_unpairable_reports_are_one_line_errors(tmp_path, capsys):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from quality_metrics import griffin_lim, log_mel_distance, mu_law_round_trip, pesq_nb, stoi, world_resynthesis
+from quality_metrics import (f0_track, griffin_lim, log_mel_distance, mu_law_round_trip, pesq_nb, pitch_errors, stoi,
+                             world_resynthesis)
 from edge_runtime.audio import log_mel
 
 RATE = 8000
@@ -40,6 +41,24 @@ def test_unrelated_noise_scores_low(voice):
     noise = (0.1 * np.random.default_rng(1).standard_normal(voice.shape)).astype(np.float32)
     assert pesq_nb(voice, noise, RATE) < 1.5 and stoi(voice, noise, RATE) < 0.6
     assert log_mel_distance(voice, noise, FRONT_END) > 15
+
+
+def test_pitch_errors_count_wrong_f0_and_wrong_voicing(voice):
+    reference = f0_track(voice, RATE)
+    assert (reference > 0).mean() > 0.6  # the buzz is voiced but in its envelope's troughs
+    gpe, vde = pitch_errors(reference, mu_law_round_trip(voice), RATE)
+    assert gpe == 0.0 and vde < 0.05  # the coding noise moves a few voicing boundaries in the troughs
+    # the same buzz a quarter higher (a 4:5 ratio, past the 20 % tolerance) and in the same envelope: every frame
+    # voiced in both is a gross error, the voicing stays
+    t = np.arange(voice.shape[0]) / RATE
+    phase = 1.25 * 2 * np.pi * np.cumsum(120 + 30 * np.sin(2 * np.pi * 1.5 * t)) / RATE
+    higher = 0.1 * sum(np.sin(k * phase) / k for k in range(1, 13)) * 0.5 * (1 + np.sin(2 * np.pi * 3 * t)) ** 2
+    gpe, vde = pitch_errors(reference, higher.astype(np.float32), RATE)
+    assert gpe > 0.95 and vde < 0.1
+    noise = (0.1 * np.random.default_rng(1).standard_normal(voice.shape)).astype(np.float32)
+    gpe, vde = pitch_errors(reference, noise, RATE)  # unvoiced where the buzz is voiced
+    assert vde > 0.5
+    assert pitch_errors(reference, np.zeros_like(voice), RATE) == (None, pytest.approx((reference > 0).mean()))
 
 
 def test_too_short_clips_are_not_scored(voice):
@@ -102,6 +121,13 @@ def test_quality_report_end_to_end(built, tmp_path):
                  if a["pesq"] is not None and b["pesq"] is not None)
     assert paired["clips"] == scored and 0 <= paired["wins"] <= scored
     assert paired["ci95"][0] <= paired["mean_difference"] <= paired["ci95"][1]
+    # pitch errors: the µ-law round trip keeps the reference's f0, WORLD resynthesises from it
+    assert methods["µ-law 8 bit"]["gpe"] < 0.02 and methods["µ-law 8 bit"]["vde"] < 0.05
+    gpe = dynamic["vs_world"]["gpe"]  # paired like PESQ, a win being fewer errors
+    gpe_pairs = [(b["gpe"], a["gpe"]) for a, b in zip(report["per_clip"]["WORLD"],
+                                                      report["per_clip"]["WaveNet tiny dynamic (dynamic)"])
+                 if a["gpe"] is not None and b["gpe"] is not None]
+    assert gpe["clips"] == len(gpe_pairs) and gpe["wins"] == sum(m < w for m, w in gpe_pairs)
     # every later model is also paired with the first (an A/B): the per-clip differences, recomputed
     ab = float32["vs_first"]["pesq"]
     diffs = [b["pesq"] - a["pesq"] for a, b in zip(report["per_clip"]["WaveNet tiny dynamic (dynamic)"],

@@ -97,6 +97,9 @@ def test_lpc_needs_the_mel_and_fits_in_a_frame():
     assert Config.preset("tiny", n_fft=32768, win_length=32768).n_fft == 32768  # no LPC: no such bound
     with pytest.raises(ConfigError, match=r"lpc_inputs needs lpc_order > 0"):
         Config.preset("tiny", lpc_inputs=True)
+    with pytest.raises(ConfigError, match=r"pitch_features needs local conditioning \(n_mels > 0\)"):
+        Config.preset("tiny", n_mels=0, pitch_features=True)
+    assert (Config.preset("tiny").frame_width, Config.preset("tiny", pitch_features=True).frame_width) == (16, 18)
 
 
 def test_qat_needs_float32_compute():
@@ -121,11 +124,13 @@ def test_old_configs_keep_their_recipe():
     """A config saved before the recipe options existed loads with the recipe it was trained with."""
     values = Config.preset("s").to_dict()
     for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis", "qat",
-                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma", "lpc_inputs", "normalize_peak"):
+                "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma", "lpc_inputs", "normalize_peak",
+                "pitch_features"):
         values.pop(key)
     old = Config.from_dict(values)
     assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (
         "exponential", 0, 0.999, False, 0.0)
     assert not old.qat  # a float model
     assert old.lpc_order == 0  # its samples are the (pre-emphasised) audio, not an excitation
+    assert not old.pitch_features and old.frame_width == old.n_mels  # its frames are the log-mel alone
     assert old.normalize_peak == 0.0  # its recordings at their own level

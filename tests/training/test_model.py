@@ -11,7 +11,8 @@ def random_inputs(config, batch, samples, seed=0):
     rng = np.random.default_rng(seed)
     inputs = {"audio": rng.integers(0, 256, (batch, samples)).astype(np.int32)}
     if config.use_mel:
-        inputs["mel"] = rng.standard_normal((batch, samples // config.hop_length, config.n_mels)).astype(np.float32)
+        frames = samples // config.hop_length
+        inputs["mel"] = rng.standard_normal((batch, frames, config.frame_width)).astype(np.float32)
     if config.use_speaker:
         inputs["speaker"] = np.arange(batch, dtype=np.int32) % len(config.speakers)
     if config.lpc_inputs:
@@ -147,10 +148,11 @@ def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarra
     (2, False, False, 1, False),
     (2, True, True, 3, False),  # a deeper frame-rate conditioner: three frames of context on each side, not one
     (2, True, True, 1, True),  # LPCNet's inputs: three embeddings summed into layer 0's row
+    (2, True, True, 1, "pitch"),  # frames of log-mel bands and pitch features
 ])
 def test_step_loop_matches_full_model(tiny_config, kernel_size, mel, speaker, cond_layers, lpc_inputs):
-    changes = {"kernel_size": kernel_size, "cond_layers": cond_layers, "lpc_order": 8 * lpc_inputs,
-               "lpc_inputs": lpc_inputs}
+    changes = {"kernel_size": kernel_size, "cond_layers": cond_layers, "lpc_order": 8 * (lpc_inputs is True),
+               "lpc_inputs": lpc_inputs is True, "pitch_features": lpc_inputs == "pitch"}
     changes.update({} if mel else {"n_mels": 0})
     changes.update({} if speaker else {"speaker_dim": 0, "speakers": ()})
     config = tiny_config.replace(**changes)

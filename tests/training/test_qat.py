@@ -171,6 +171,30 @@ def test_finetune_can_add_lpc_inputs_starting_from_the_same_model(tiny_data, tmp
         qat_train(source, tmp_path / "q", 5, "normalize_peak=0.9")
 
 
+def test_finetune_can_add_pitch_features_starting_from_the_same_model(tiny_run, tmp_path):
+    from training.qat import QATError
+
+    source, out = tiny_run[0], tmp_path / "pitch"
+    summary, _ = qat_train(source, out, 0, "pitch_features=true", "val_every=6", "checkpoint_every=6", qat=False)
+    assert Config.from_json(out / "config.json").pitch_features
+    # the pitch rows of the frame convolution start at zero: exactly the source's model (its NLL)
+    assert summary["val_nll_bits"] == pytest.approx(tiny_run[1]["val_nll_bits"], rel=1e-6)
+    start = np.load(ckpt_io.checkpoints(out)[-1] / "ema.npz")
+    source_ema = np.load(ckpt_io.checkpoints(source)[-1] / "ema.npz")
+    kernel = "wavenet/upsampler/frame_conv_0/kernel"
+    assert set(start) == set(source_ema) and start[kernel].shape == (3, 18, 16) == source_ema[kernel].shape[:1] + (
+        18, 16)
+    assert np.array_equal(start[kernel][:, :16], source_ema[kernel]) and not start[kernel][:, 16:].any()
+    assert all(np.array_equal(start[k], source_ema[k]) for k in source_ema if k != kernel)
+    qat_train(source, out, 6, "pitch_features=true", "val_every=6", "checkpoint_every=6", qat=False)
+    moved = np.load(ckpt_io.checkpoints(out)[-1] / "weights.npz")
+    assert np.abs(moved[kernel][:, 16:]).max() > 1e-4  # the new inputs are learned
+    with pytest.raises(QATError, match="architecture and data .* pitch_features"):  # not in a QAT run
+        qat_train(source, tmp_path / "q", 5, "pitch_features=true")
+    with pytest.raises(QATError, match="architecture and data .* pitch_features"):  # nor turned off again
+        qat_train(out, tmp_path / "off", 5, "pitch_features=false", qat=False)
+
+
 def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
     source, (qat_dir, _), out = tiny_run[0], qat_run, tmp_path / "new"
     cases = [
