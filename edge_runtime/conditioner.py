@@ -27,8 +27,8 @@ class Conditioner:
                            {"mel"} | ({"speaker_bias"} if speaker_input else set()), {"cond"})
         self.chunk, self.context, self.hop = int(info["chunk_frames"]), int(info["context_frames"]), int(cfg["hop_length"])
         self.width, self.batch, self.pad = frame_width(cfg), batch, float(info["pad_value"])  # values per frame
-        self._what = (f"{cfg['n_mels']} log-mel bands and {PITCH_FEATURES} pitch features" if cfg.get("pitch_features")
-                      else f"{self.width} bands")
+        self._what = (f"{cfg['n_mels']} log-mel bands and {PITCH_FEATURES} pitch features"
+                      if cfg.get("pitch_features") else f"{self.width} bands")
         self.mel_port, self.cond_port = self.graph.inputs["mel"], self.graph.outputs["cond"]
         expected = (batch, self.chunk + 2 * self.context, self.width)
         if self.mel_port.shape != expected:
@@ -74,23 +74,23 @@ class Conditioner:
         ``on_frames(block)`` sees every validated mel block [k, B, width] before the conditioning it leads to
         (the LPC postfilter's coefficients come from the same frames).
         """
-        width = self.chunk + 2 * self.context
+        span = self.chunk + 2 * self.context  # frames per graph run
         pad = np.full((self.context, self.batch, self.width), self.pad, np.float32)
         buffer = [pad]
         buffered = self.context  # frames in the buffer; the first `context` are left context
         for block in self._frames(mel, on_frames):
             buffer.append(block)
             buffered += block.shape[0]
-            while buffered >= width:
+            while buffered >= span:
                 window = np.concatenate(buffer)
-                yield self._run(window[:width], copy)
+                yield self._run(window[:span], copy)
                 buffer, buffered = [window[self.chunk:]], buffered - self.chunk
         remaining = buffered - self.context  # real frames not yet turned into conditioning
         if remaining < 0:
             return
-        window = np.concatenate(buffer + [np.full((width, self.batch, self.width), self.pad, np.float32)])
+        window = np.concatenate(buffer + [np.full((span, self.batch, self.width), self.pad, np.float32)])
         while remaining > 0:
-            out = self._run(window[:width], copy)
+            out = self._run(window[:span], copy)
             yield out[:min(self.chunk, remaining) * self.hop]
             window, remaining = window[self.chunk:], remaining - self.chunk
 

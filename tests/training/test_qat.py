@@ -195,6 +195,24 @@ def test_finetune_can_add_pitch_features_starting_from_the_same_model(tiny_run, 
         qat_train(out, tmp_path / "off", 5, "pitch_features=false", qat=False)
 
 
+def test_pitch_features_grow_into_every_layer_without_a_frame_convolution(tiny_data, tmp_path):
+    """cond_layers 0: the frames reach each layer's conditioning projection directly, so those grow the rows."""
+    from training.train import DataArgs, train
+
+    source = tmp_path / "flat"
+    config = Config.preset("tiny", seed=4, steps=10, cond_layers=0, cond_channels=24, val_every=10,
+                           checkpoint_every=10)
+    before = train(config, DataArgs(str(tiny_data), val_regex=r"_[01]\.wav$"), source, progress=False,
+                   log=lambda m: None)
+    summary, _ = qat_train(source, tmp_path / "ft", 0, "pitch_features=true", "val_every=6", "checkpoint_every=6",
+                           qat=False)
+    assert summary["val_nll_bits"] == pytest.approx(before["val_nll_bits"], rel=1e-6)
+    start = np.load(ckpt_io.checkpoints(tmp_path / "ft")[-1] / "ema.npz")
+    grown = [k for k in start if k.endswith("/cond/kernel")]
+    assert len(grown) == config.n_layers and all(start[k].shape == (18, 32) and not start[k][16:].any()
+                                                 for k in grown)
+
+
 def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
     source, (qat_dir, _), out = tiny_run[0], qat_run, tmp_path / "new"
     cases = [
