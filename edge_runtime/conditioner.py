@@ -7,7 +7,7 @@ from typing import Iterator
 import numpy as np
 
 from edge_runtime.errors import InputError, ModelError
-from edge_runtime.features import PITCH_FEATURES, frame_width
+from edge_runtime.features import describe_frame, frame_width
 from edge_runtime.graph import Graph
 from edge_runtime.manifest import Manifest
 
@@ -27,8 +27,7 @@ class Conditioner:
                            {"mel"} | ({"speaker_bias"} if speaker_input else set()), {"cond"})
         self.chunk, self.context, self.hop = int(info["chunk_frames"]), int(info["context_frames"]), int(cfg["hop_length"])
         self.width, self.batch, self.pad = frame_width(cfg), batch, float(info["pad_value"])  # values per frame
-        self._what = (f"{cfg['n_mels']} log-mel bands and {PITCH_FEATURES} pitch features"
-                      if cfg.get("pitch_features") else f"{self.width} bands")
+        self._what = describe_frame(cfg)
         self.mel_port, self.cond_port = self.graph.inputs["mel"], self.graph.outputs["cond"]
         expected = (batch, self.chunk + 2 * self.context, self.width)
         if self.mel_port.shape != expected:

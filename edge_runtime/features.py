@@ -36,6 +36,13 @@ def frame_width(config: dict) -> int:
     return int(config["n_mels"]) + (PITCH_FEATURES if config.get("pitch_features") else 0)
 
 
+def describe_frame(config: dict) -> str:
+    """What a conditioning frame holds, for messages: "80 bands" or "80 log-mel bands and 2 pitch features"."""
+    if config.get("pitch_features"):
+        return f"{config['n_mels']} log-mel bands and {PITCH_FEATURES} pitch features"
+    return f"{config['n_mels']} bands"
+
+
 def conditioning_frames(audio: np.ndarray, config: dict) -> np.ndarray:
     """The frames a model is conditioned on, of float audio [T] (at the model's level): float32 [T // hop, width]."""
     mel = log_mel(audio, **front_end_params(config))
@@ -64,7 +71,7 @@ def pitch_features(audio: np.ndarray, *, sample_rate: int, hop_length: int, win_
     span = win_length + longest
     first = hop_length // 2 - span // 2  # start of frame 0's span, relative to the signal
     left = max(0, -first)
-    padded = np.pad(x, (left, max(0, (frames - 1) * hop_length + first + span - x.shape[0]) + 1))
+    padded = np.pad(x, (left, max(0, (frames - 1) * hop_length + first + span - x.shape[0])))
     out = np.ones((frames, 2))
     for start in range(0, frames, BLOCK):
         f = np.arange(start, min(frames, start + BLOCK))

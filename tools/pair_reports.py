@@ -16,9 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality_report import paired  # noqa: E402
-
-METRICS = ("pesq", "stoi", "lmd_db", "gpe", "vde")
+from quality_report import METRICS, paired  # noqa: E402
 
 
 class PairError(ValueError):

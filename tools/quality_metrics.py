@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 
 from edge_runtime.audio import analysis_window, frame_padding, log_mel, mel_filterbank, mu_law_decode, mu_law_encode
+from edge_runtime.features import F0_MAX, F0_MIN
 
 DB_PER_NEPER = 20.0 / np.log(10.0)  # log-mel frames hold ln(magnitude)
 
@@ -135,14 +136,13 @@ def world_resynthesis(audio: np.ndarray, rate: int) -> np.ndarray:
 # Pitch errors as vocoder papers report them (Nakatani et al. 2008): a frame voiced in both signals whose f0 is off
 # by more than 20 % is a gross pitch error; a frame voiced in one signal only is a voicing decision error.
 GPE_TOLERANCE = 0.2
-F0_RANGE = (60.0, 500.0)  # Hz: Harvest's search range, low male voices to a child's
 
 
 def f0_track(audio: np.ndarray, rate: int) -> np.ndarray:
     """Harvest's f0 every 5 ms (0 where unvoiced): float64 [frames]."""
     import pyworld
 
-    f0, _ = pyworld.harvest(audio.astype(np.float64), rate, f0_floor=F0_RANGE[0], f0_ceil=F0_RANGE[1])
+    f0, _ = pyworld.harvest(audio.astype(np.float64), rate, f0_floor=F0_MIN, f0_ceil=F0_MAX)  # the features' range
     return f0
 
 
