@@ -8,7 +8,8 @@ schedule with zeroed moments and no bias correction, i.e. a few hundred steps at
 Its config is the source's with the learning rate the source ended with, then ``--set`` (schedule fields only;
 on an excitation model also ``lpc_inputs=true``, LPCNet's extra inputs with their tables starting at zero, and
 ``lpc_gamma``, the predictor's bandwidth expansion: new targets for the same weights, see :data:`RETARGETS`; on
-any mel model ``pitch_features=true``, whose new input weights start at zero, see :data:`GROWS`).
+any mel model ``pitch_features=true``, and larger ``stacks`` and widths: the model grows into one that computes
+the same function, see :data:`GROWS` and ``training/grow.py``).
 
 The QAT run is a run folder like any other (resumed by the same command), whose config is the source's with
 ``qat`` on (fake quantization, see ``training/quant.py``) and, unless ``--set`` says otherwise, per-layer state
@@ -30,6 +31,7 @@ import numpy as np
 from edge_runtime.errors import WavenetEdgeError
 from training import checkpoint as ckpt_io
 from training.config import Config
+from training.grow import GROWABLE, grow_arrays
 
 # What a fine-tuning run may set differently from its float source: the schedule and bookkeeping of training,
 # never anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
@@ -45,8 +47,9 @@ TUNABLE = frozenset({
 RETARGETS = frozenset({"lpc_gamma"})
 # What any float fine-tune may change: the level every recording is scaled to (the same voice, louder or quieter).
 RESCALES = frozenset({"normalize_peak"})
-# Inputs a float fine-tune may add (off -> on): their weights start at zero, so the run starts from exactly the
-# source's model and learns what the new inputs add (see FineTuneSource.load_into).
+# Inputs a float fine-tune may add (off -> on), and sizes it may increase: the weights reading what is new start
+# at zero, so the run starts from exactly the source's model and learns what the new inputs or channels add
+# (see FineTuneSource.load_into and training/grow.py).
 GROWS = frozenset({"pitch_features"})
 
 
@@ -102,7 +105,9 @@ class FineTuneSource:
         if config.qat != qat:
             raise QATError(f"qat={str(config.qat).lower()} contradicts {option(qat)}")
         a, b = self.config.to_dict(), config.to_dict()
-        free = set(TUNABLE) | {"qat"} | (set() if qat else RESCALES | {k for k in GROWS if not a[k]})
+        free = set(TUNABLE) | {"qat"}
+        if not qat:
+            free |= RESCALES | {k for k in GROWS if not a[k]} | {k for k in GROWABLE if b[k] >= a[k]}
         if not qat and a["lpc_order"]:
             free |= RETARGETS | ({"lpc_inputs"} if not a["lpc_inputs"] else set())  # growing: see load_into
         changed = [k for k in a if k not in free and a[k] != b[k]]
@@ -143,28 +148,17 @@ class FineTuneSource:
         """The source's final EMA weights into the model and its EMA (the ranges are set by calibration).
 
         A float fine-tune may turn ``lpc_inputs`` on: the new signal and prediction tables start at zero, so the
-        run starts from exactly the source's model and learns what the new inputs add. Likewise the rows of
-        ``pitch_features`` in the first layer that reads the conditioning frames."""
+        run starts from exactly the source's model and learns what the new inputs add. Likewise new pitch
+        features, layers and channels (training/grow.py)."""
         arrays = ckpt_io.load_ema(self.checkpoint)
         if not self.config.lpc_inputs:
             arrays.update({t.embeddings.path: np.zeros(t.embeddings.shape, np.float32)
                            for t in learner.model.embed_lpc})
-        if learner.model.config.pitch_features and not self.config.pitch_features:
-            for variable in frame_input_kernels(learner.model):
-                old = arrays[variable.path]  # [..., n_mels, C]: the new frame values' rows go after the bands'
-                pad = [(0, 0)] * (old.ndim - 2) + [(0, variable.shape[-2] - old.shape[-2]), (0, 0)]
-                arrays[variable.path] = np.pad(old, pad)
+        fresh = {v.path: v.numpy() for v in learner.variables}
+        arrays = grow_arrays(arrays, self.config, learner.model.config, fresh)
         ckpt_io.assign_arrays(learner.variables, arrays, f"{self.checkpoint}/ema.npz")
         for e, v in zip(learner.ema, learner.variables):
             e.assign(v)
-
-
-def frame_input_kernels(model) -> list:
-    """The kernels whose input rows are the conditioning frames' values: the first frame convolution's, or without
-    one (``cond_layers`` 0) every layer's conditioning projection."""
-    if model.config.cond_layers:
-        return [model.upsampler.convs[0].kernel]
-    return [block.cond.kernel for block in model.blocks]
 
 
 def provenance_key(qat: bool) -> str:

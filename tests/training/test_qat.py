@@ -213,6 +213,26 @@ def test_pitch_features_grow_into_every_layer_without_a_frame_convolution(tiny_d
                                                  for k in grown)
 
 
+def test_finetune_can_grow_the_model_starting_from_the_same_model(tiny_run, tmp_path):
+    """A deeper and wider model starts from exactly its source's NLL, then learns through the zero rows."""
+    from training.qat import QATError
+
+    source, out = tiny_run[0], tmp_path / "grown"
+    grow = ["stacks=2", "residual_channels=24", "gate_channels=48", "skip_channels=40", "head_channels=40",
+            "cond_channels=24"]
+    summary, _ = qat_train(source, out, 0, *grow, "val_every=6", "checkpoint_every=6", qat=False)
+    assert summary["val_nll_bits"] == pytest.approx(tiny_run[1]["val_nll_bits"], rel=1e-6)
+    config = Config.from_json(out / "config.json")
+    assert (config.n_layers, config.residual_channels, config.gate_channels) == (8, 24, 48)
+    qat_train(source, out, 6, *grow, "val_every=6", "checkpoint_every=6", qat=False)
+    skip = np.load(ckpt_io.checkpoints(out)[-1] / "weights.npz")["wavenet/skip/kernel"]  # [8 * 24, 40]
+    assert np.abs(skip[4 * 24:]).max() > 1e-4  # the new layers' rows are learned
+    with pytest.raises(QATError, match="architecture and data .* residual_channels"):  # never shrinks
+        qat_train(out, tmp_path / "small", 5, "residual_channels=16", qat=False)
+    with pytest.raises(QATError, match="architecture and data .* stacks"):  # nor grows under QAT
+        qat_train(source, tmp_path / "q", 5, "stacks=2")
+
+
 def test_finetune_from_bad_requests_are_clean_errors(tiny_run, qat_run, tmp_path):
     source, (qat_dir, _), out = tiny_run[0], qat_run, tmp_path / "new"
     cases = [
