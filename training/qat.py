@@ -47,9 +47,9 @@ TUNABLE = frozenset({
 RETARGETS = frozenset({"lpc_gamma"})
 # What any float fine-tune may change: the level every recording is scaled to (the same voice, louder or quieter).
 RESCALES = frozenset({"normalize_peak"})
-# Inputs a float fine-tune may add (off -> on), and sizes it may increase: the weights reading what is new start
-# at zero, so the run starts from exactly the source's model and learns what the new inputs or channels add
-# (see FineTuneSource.load_into and training/grow.py).
+# Inputs a float fine-tune may add (off -> on); the sizes it may increase are training/grow.py's GROWABLE. The
+# weights reading what is new start at zero, so the run starts from exactly the source's model and learns what
+# the new inputs or channels add (see FineTuneSource.load_into).
 GROWS = frozenset({"pitch_features"})
 
 
