@@ -31,8 +31,8 @@ from convert.calibration import calibration_samples
 from edge_runtime.errors import WavenetEdgeError, first_line
 from edge_runtime.evaluate import log_softmax, nll_nats
 from edge_runtime.files import portable_path, remove_stale_temporaries
-from edge_runtime.manifest import (FORMAT, FORMAT_VERSION, LPC_INPUT_TABLES, LPC_INPUTS_VERSION, MANIFEST, encode_array,
-                                   sha256_file)
+from edge_runtime.manifest import (FORMAT, FORMAT_VERSION, LPC_INPUT_TABLES, LPC_INPUTS_VERSION, MANIFEST,
+                                   PERIOD_INPUT_VERSION, PERIOD_TABLE, encode_array, sha256_file)
 from training.checkpoint import load_model, read_run_info, read_state
 from training.config import Config, receptive_field
 
@@ -105,6 +105,20 @@ def postfilters(cfg: Config) -> dict | list | None:
     return filters[0] if len(filters) == 1 else filters or None
 
 
+def format_version(cfg: Config) -> int:
+    """The manifest format of a model: 4 with a period input, 3 with LPCNet's inputs, else 2."""
+    if cfg.period_input:
+        return PERIOD_INPUT_VERSION
+    return LPC_INPUTS_VERSION if cfg.lpc_inputs else FORMAT_VERSION
+
+
+def input_tables(cfg: Config) -> tuple[str, ...]:
+    """The input tables summed into layer 0's row besides the sample embedding (the manifest's names)."""
+    if not cfg.lpc_inputs:
+        return ()
+    return LPC_INPUT_TABLES + ((PERIOD_TABLE,) if cfg.period_input else ())
+
+
 def state_scaling(weights: dict, fake_quant: bool) -> dict:
     """The manifest's note of per-layer state gains (the int8 graph of a per-layer QAT run), else nothing."""
     from training.step import graph_state_gains
@@ -143,7 +157,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                        "context_frames": conditioning_context(cfg), "lookahead_frames": conditioning_context(cfg),
                        "pad_value": float(np.log(cfg.log_floor)), **port_info(cond_bytes)}
     manifest = {
-        "format": FORMAT, "format_version": LPC_INPUTS_VERSION if cfg.lpc_inputs else FORMAT_VERSION,
+        "format": FORMAT, "format_version": format_version(cfg),
         "variant": variant, "batch": batch,
         "config": cfg.to_dict(), "sample_rate": cfg.sample_rate, "speakers": list(cfg.speakers),
         "dilations": list(cfg.dilations), "receptive_field": receptive_field(cfg),
@@ -162,7 +176,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                    "speaker_bias": None if weights["speaker_bias"] is None
                    else encode_array(weights["speaker_bias"].astype(np.float32)),
                    **{name: encode_array(state_embedding(weights, step_fake_quant, name).astype(np.float32))
-                      for name in LPC_INPUT_TABLES if cfg.lpc_inputs}},
+                      for name in input_tables(cfg)}},
         "files": files,
         "data": source.get("data", {}),
         "producer": {"package": f"wavenet-edge {metadata.version('wavenet-edge')}", "tensorflow": tf.__version__,

@@ -25,6 +25,9 @@ Python API (buffers: anything with the buffer protocol, C-contiguous; native.py 
                                              each), decode [Q] float64 the µ-law decode table; run then takes lpc,
                                              float64 [n][order]: the coefficients of each sample being generated
   Engine.lpc_push(sample, coefficients)      filters one sample into the LPC state (teacher forcing's first)
+  Engine.set_period(period_table, silence)   the excitation one period back (format 4, after set_lpc): the row
+                                             adds period_table[e[t - lag]] (silence before the first sample); run
+                                             then takes lags, int64 [n]: each generated sample's lag
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -34,6 +37,8 @@ Python API (buffers: anything with the buffer protocol, C-contiguous; native.py 
 #include <string.h>
 
 #include "_stepkernel_kernels.h"
+
+#define PERIOD_RING 1024  /* classes kept for the period input: above any lag (native.py checks the longest) */
 
 typedef struct {
     PyObject_HEAD
@@ -52,6 +57,10 @@ typedef struct {
     float *emb_s, *emb_p;   /* [Q][R] each */
     double *decode;         /* [Q] */
     double past[64], signal; /* s[t-1], s[t-2], ...; the last filtered sample */
+    /* The period input (NULL = off): the classes generated so far, as edge_runtime/period.py's PeriodHistory */
+    float *emb_l;           /* [Q][R] */
+    int period_ring[PERIOD_RING], silence;
+    long long period_t;     /* index of the next sample */
 } Engine;
 
 /* µ-law class of x (clipped to [-1, 1]), in edge_runtime/audio.py's mu_law_encode's float64 operations. */
@@ -85,6 +94,17 @@ static void lpc_row(const Engine *e, int prev, double acc, float *row) {
     const float *b = e->emb_s + (size_t)mu_law_class(e->signal, e->Q) * e->R;
     const float *c = e->emb_p + (size_t)mu_law_class(-acc, e->Q) * e->R;
     for (int i = 0; i < e->R; i++) row[i] = (a[i] + b[i]) + c[i];
+}
+
+/* The period input's class for the next sample: the one generated lag samples before it, or silence. */
+static int period_class(const Engine *e, long long lag) {
+    long long source = e->period_t - lag;
+    return source >= 0 ? e->period_ring[source & (PERIOD_RING - 1)] : e->silence;
+}
+
+static void period_push(Engine *e, int sample) {
+    e->period_ring[e->period_t & (PERIOD_RING - 1)] = sample;
+    e->period_t++;
 }
 
 /* y = act(W x + b) for one matrix; x has m->in_pad readable floats (zero beyond m->in), y holds m->out_pad. */
@@ -142,13 +162,17 @@ static void step(Engine *e, const float *cond, const float *extra) {
 
 /* Layer 0's current input: the previous sample's embedding, or an lpc_inputs model's three rows from this
    sample's coefficients a; returns the LPC sum acc the filter then subtracts (0 without LPC inputs). */
-static double input_row(const Engine *e, int prev, const double *a, float *now) {
+static double input_row(const Engine *e, int prev, const double *a, long long lag, float *now) {
     if (!a) {
         memcpy(now, e->emb + (size_t)prev * e->R, e->R * sizeof(float));
         return 0.0;
     }
     double acc = lpc_acc(e, a);
     lpc_row(e, prev, acc, now);
+    if (e->emb_l) {  /* a fourth float32 add, after the three: the Keras model's order */
+        const float *d = e->emb_l + (size_t)period_class(e, lag) * e->R;
+        for (int i = 0; i < e->R; i++) now[i] += d[i];
+    }
     return acc;
 }
 
@@ -189,6 +213,7 @@ static void Engine_dealloc(Engine *e) {
     free_mats(e);
     free(e->dil); free(e->emb); free(e->hist); free(e->in_buf); free(e->a); free(e->zs); free(e->x);
     free(e->skip); free(e->hidden); free(e->logits); free(e->q); free(e->emb_s); free(e->emb_p); free(e->decode);
+    free(e->emb_l);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -277,6 +302,8 @@ fail:
 static void reset_lpc(Engine *e) {
     memset(e->past, 0, sizeof(e->past));
     e->signal = 0.0;
+    for (int i = 0; i < PERIOD_RING; i++) e->period_ring[i] = e->silence;
+    e->period_t = 0;
 }
 
 static PyObject *Engine_reset(Engine *e, PyObject *unused) {
@@ -304,6 +331,20 @@ static PyObject *Engine_set_lpc(Engine *e, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Engine_set_period(Engine *e, PyObject *args) {
+    PyObject *table;
+    int silence;
+    if (!PyArg_ParseTuple(args, "Oi", &table, &silence)) return NULL;
+    if (!e->lpc_order || e->emb_l || silence < 0 || silence >= e->Q) {
+        PyErr_SetString(PyExc_ValueError, "the period input needs LPC inputs first, is set once, silence a class");
+        return NULL;
+    }
+    if (!(e->emb_l = copy_buffer(table, 4 * (Py_ssize_t)e->Q * e->R, "period table"))) return NULL;
+    e->silence = silence;
+    reset_lpc(e);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Engine_lpc_push(Engine *e, PyObject *args) {
     PyObject *coefficients;
     int sample;
@@ -315,6 +356,7 @@ static PyObject *Engine_lpc_push(Engine *e, PyObject *args) {
     Py_buffer view;
     if (get_buffer(coefficients, &view, 8 * (Py_ssize_t)e->lpc_order, 0, "coefficients") < 0) return NULL;
     lpc_filter(e, sample, lpc_acc(e, view.buf));
+    if (e->emb_l) period_push(e, sample);
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
@@ -331,11 +373,11 @@ static PyObject *Engine_set_history(Engine *e, PyObject *obj) {
     Py_RETURN_NONE;
 }
 
-typedef struct { Py_buffer cond, extra, noise, forced, logits, samples, lpc; } RunBuffers;
+typedef struct { Py_buffer cond, extra, noise, forced, logits, samples, lpc, lags; } RunBuffers;
 
 static void release_run(RunBuffers *b) {
-    Py_buffer *all[] = {&b->cond, &b->extra, &b->noise, &b->forced, &b->logits, &b->samples, &b->lpc};
-    for (int i = 0; i < 7; i++) if (all[i]->obj) PyBuffer_Release(all[i]);
+    Py_buffer *all[] = {&b->cond, &b->extra, &b->noise, &b->forced, &b->logits, &b->samples, &b->lpc, &b->lags};
+    for (int i = 0; i < 8; i++) if (all[i]->obj) PyBuffer_Release(all[i]);
 }
 
 /* An optional buffer: None leaves view->obj NULL. */
@@ -347,9 +389,9 @@ static int optional(PyObject *obj, Py_buffer *view, Py_ssize_t bytes, int writab
 static PyObject *Engine_run(Engine *e, PyObject *args) {
     Py_ssize_t n, cond_stride;
     int prev;
-    PyObject *cond, *extra, *noise, *forced, *logits_out, *samples_out, *lpc = Py_None;
-    if (!PyArg_ParseTuple(args, "niOnOOOOO|O", &n, &prev, &cond, &cond_stride, &extra, &noise, &forced, &logits_out,
-                          &samples_out, &lpc))
+    PyObject *cond, *extra, *noise, *forced, *logits_out, *samples_out, *lpc = Py_None, *lags = Py_None;
+    if (!PyArg_ParseTuple(args, "niOnOOOOO|OO", &n, &prev, &cond, &cond_stride, &extra, &noise, &forced,
+                          &logits_out, &samples_out, &lpc, &lags))
         return NULL;
     if (n < 0 || prev < 0 || prev >= e->Q || cond_stride < 0) {
         PyErr_SetString(PyExc_ValueError, "bad sample count, previous sample or conditioning stride");
@@ -363,13 +405,15 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
         || optional(forced, &b.forced, 8 * rows, 0, "forced") < 0
         || optional(logits_out, &b.logits, 4 * rows * e->Q, 1, "logits_out") < 0
         || get_buffer(samples_out, &b.samples, 8 * rows, 1, "samples_out") < 0
-        || optional(lpc, &b.lpc, 8 * rows * e->lpc_order, 0, "lpc") < 0) {
+        || optional(lpc, &b.lpc, 8 * rows * e->lpc_order, 0, "lpc") < 0
+        || optional(lags, &b.lags, 8 * rows, 0, "lags") < 0) {
         release_run(&b);
         return NULL;
     }
     const char *mismatch = NULL;
     if ((e->E > 0) != (b.extra.obj != NULL)) mismatch = "extra conditioning given to a model without it";
     if ((e->lpc_order > 0) != (b.lpc.obj != NULL)) mismatch = "LPC coefficients given to a model without LPC inputs";
+    if ((e->emb_l != NULL) != (b.lags.obj != NULL)) mismatch = "lags given to a model without a period input";
     if (mismatch) {
         release_run(&b);
         PyErr_Format(PyExc_ValueError, "%s, or missing", mismatch);
@@ -378,13 +422,15 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
     const float *cond_p = b.cond.buf, *extra_p = b.extra.buf, *noise_p = b.noise.buf;
     const int64_t *forced_p = b.forced.buf;
     const double *lpc_p = b.lpc.buf;
+    const int64_t *lags_p = b.lags.buf;
     float *logits_p = b.logits.buf;
     int64_t *samples_p = b.samples.buf;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         float *now = e->hist + (size_t)(e->t & (e->ring - 1)) * e->L * e->R;
-        double acc = input_row(e, prev, lpc_p ? lpc_p + i * e->lpc_order : NULL, now);
+        if (lags_p && (lags_p[i] < 1 || lags_p[i] >= PERIOD_RING)) { bad = 2; break; }
+        double acc = input_row(e, prev, lpc_p ? lpc_p + i * e->lpc_order : NULL, lags_p ? lags_p[i] : 0, now);
         step(e, cond_p ? cond_p + i * cond_stride : NULL, extra_p ? extra_p + i * e->E : NULL);
         if (logits_p) memcpy(logits_p + i * e->Q, e->logits, e->Q * sizeof(float));
         if (forced_p) {
@@ -395,12 +441,13 @@ static PyObject *Engine_run(Engine *e, PyObject *args) {
         }
         samples_p[i] = prev;
         if (lpc_p) lpc_filter(e, prev, acc);
+        if (lags_p) period_push(e, prev);
         e->t++;
     }
     Py_END_ALLOW_THREADS
     release_run(&b);
     if (bad) {
-        PyErr_SetString(PyExc_ValueError, "forced sample out of range");
+        PyErr_SetString(PyExc_ValueError, bad == 2 ? "lag out of range" : "forced sample out of range");
         return NULL;
     }
     return PyLong_FromLong(prev);
@@ -414,6 +461,8 @@ static PyMethodDef Engine_methods[] = {
     {"reset", (PyCFunction)Engine_reset, METH_NOARGS, "Zeroes the history (silence before the first sample)."},
     {"set_lpc", (PyCFunction)Engine_set_lpc, METH_VARARGS,
      "set_lpc(signal_table, prediction_table, decode, order): LPCNet's inputs in layer 0's row"},
+    {"set_period", (PyCFunction)Engine_set_period, METH_VARARGS,
+     "set_period(period_table, silence): the excitation one period back in layer 0's row (format 4)"},
     {"lpc_push", (PyCFunction)Engine_lpc_push, METH_VARARGS,
      "lpc_push(sample, coefficients): one sample through the LPC state (teacher forcing's first)"},
     {"set_history", (PyCFunction)Engine_set_history, METH_O, "Replaces the history [ring, L, R] (float32) and restarts at t = 0."},

@@ -121,3 +121,11 @@ def _parabolic_offset(r: np.ndarray, best: np.ndarray) -> np.ndarray:
     curve = a - 2 * b + c
     offset = np.where(curve < 0, 0.5 * (a - c) / np.where(curve < 0, curve, -1.0), 0.0)
     return np.where(inside, np.clip(offset, -0.5, 0.5), 0.0)
+
+
+def frame_lags(frames: np.ndarray, config: dict) -> np.ndarray:
+    """Each conditioning frame's pitch period as a whole number of samples (the longest lag where unvoiced or
+    silent), from its pitch feature: int64 [F] of frames [F, width] of a ``pitch_features`` model."""
+    shortest, longest = lag_range(int(config["sample_rate"]))
+    position = 1.0 - np.asarray(frames, np.float64)[:, int(config["n_mels"]) + 1] / math.log(config["log_floor"])
+    return np.rint(longest * (shortest / longest) ** np.clip(position, 0.0, 1.0)).astype(np.int64)

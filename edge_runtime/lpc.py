@@ -20,7 +20,9 @@ import functools
 import numpy as np
 
 from edge_runtime.audio import mel_filterbank, mu_law_decode, mu_law_encode, preemphasize
+from edge_runtime.features import frame_lags, lag_range
 from edge_runtime.native import kernel_module
+from edge_runtime.period import PeriodHistory, period_classes
 
 MAX_ORDER = 32  # the compiled synthesis filter holds at most 64 past samples; the manifest and Config check it
 NOISE_FLOOR = 1e-4  # added to r[0] relative: -40 dB of white noise keeps the normal equations well conditioned
@@ -110,9 +112,12 @@ def prediction(a: np.ndarray, past: np.ndarray) -> np.ndarray:
     return -acc
 
 
-def input_classes(classes: np.ndarray, coefficients: np.ndarray, hop: int, mu_classes: int) -> np.ndarray:
+def input_classes(classes: np.ndarray, coefficients: np.ndarray, hop: int, mu_classes: int,
+                  lags: np.ndarray | None = None) -> np.ndarray:
     """LPCNet's extra inputs of an excitation model (``lpc_inputs``) at every position t of an utterance: the
-    µ-law classes of the signal ``s[t]`` and of the next sample's prediction ``p[t+1]``, int32 [T, 2].
+    µ-law classes of the signal ``s[t]`` and of the next sample's prediction ``p[t+1]``, int32 [T, 2]; given
+    the frames' lags (a ``period_input`` model), a third column: the excitation one period before sample t + 1
+    (edge_runtime/period.py), int32 [T, 3].
 
     ``s`` is the synthesis filter run on the decoded classes, as generation builds it (not the clean signal);
     the last position's ``p[T]`` (its logit is never scored) is silence."""
@@ -121,7 +126,10 @@ def input_classes(classes: np.ndarray, coefficients: np.ndarray, hop: int, mu_cl
     synthesis.add_frames(coefficients)
     s = synthesis(e)[:, 0]
     p_next = np.append(prediction(*_taps(s, coefficients, hop))[1:], 0.0)
-    return np.stack([mu_law_encode(s, mu_classes), mu_law_encode(p_next, mu_classes)], axis=1)
+    columns = [mu_law_encode(s, mu_classes), mu_law_encode(p_next, mu_classes)]
+    if lags is not None:
+        columns.append(period_classes(classes, lags, hop, int(mu_law_encode(0.0, mu_classes))))
+    return np.stack(columns, axis=1)
 
 
 class Synthesis:
@@ -235,20 +243,38 @@ def model_signal(audio: np.ndarray, frames: np.ndarray | None, config: dict) -> 
     return excitation(signal, coefficients_for(frames, config), config["hop_length"])
 
 
+def input_rows(manifest, port, streams: int) -> "InputRows | None":
+    """Layer 0's input rows of a format-3 or 4 model (edge_runtime/manifest.py) for ``streams`` streams, put in
+    the domain of the step graph's ``state`` input ``port``; None for the other formats."""
+    if manifest.lpc_inputs is None:
+        return None
+    cfg, classes = manifest.config, manifest.embedding.shape[0]
+    hop = int(cfg["hop_length"])
+    period = None if len(manifest.lpc_inputs) < 3 else PeriodHistory(
+        hop, lag_range(int(cfg["sample_rate"]))[1], streams, int(mu_law_encode(0.0, classes)))
+    return InputRows((manifest.embedding, *manifest.lpc_inputs), manifest.lpc_order, hop, streams, port, period, cfg)
+
+
 class InputRows:
     """Layer 0's input rows of an lpc_inputs model (LPCNet's inputs), step by step, per stream:
     ``E[e[t-1]] + E_s[s[t-1]] + E_p[p[t]]`` of the µ-law classes of the last excitation sample, the signal the
     synthesis filter made of it and the prediction for the sample being generated, summed in float32 (as the
     Keras model sums them) and then put into the state input's domain. The same filter and formulas
-    as training's :func:`input_classes`, so teacher-forced rows equal the training inputs bit for bit."""
+    as training's :func:`input_classes`, so teacher-forced rows equal the training inputs bit for bit. A
+    ``period_input`` model adds a fourth table's row, of the excitation one period back (edge_runtime/period.py)."""
 
-    def __init__(self, tables: tuple[np.ndarray, np.ndarray, np.ndarray], order: int, hop: int, streams: int,
-                 port=None):
-        """``port``: the step graph's ``state`` input (edge_runtime/graph.py Port), whose domain the rows are put
+    def __init__(self, tables: tuple[np.ndarray, ...], order: int, hop: int, streams: int, port=None,
+                 period: PeriodHistory | None = None, config: dict | None = None):
+        """``tables``: the sample, signal and prediction tables (and the period table with ``period`` and the
+        model's ``config``, whose frames' pitch features give the lags);
+        ``port``: the step graph's ``state`` input (edge_runtime/graph.py Port), whose domain the rows are put
         in (int8 graphs: its quantization); None: float32 rows."""
+        if (len(tables) == 4) != (period is not None):
+            raise ValueError("a period table goes with a period history, and only with one")
         self.tables = tuple(np.ascontiguousarray(t, np.float32) for t in tables)
         self.classes = tables[0].shape[0]
         self.filter = Synthesis(order, hop, streams)
+        self.period, self._config = period, config
         self._decode = mu_law_decode(np.arange(self.classes), self.classes).astype(np.float64)
         self._port = port
         quantized = port is not None and port.quantized
@@ -256,13 +282,38 @@ class InputRows:
         # compiled rows and filter steps (_stepkernel.lpc_rows, lpc_feed: a few µs per step) where built, else
         # numpy (~50 µs)
         self._kernel, self._feed = (getattr(kernel_module(), name, None) for name in ("lpc_rows", "lpc_feed"))
+        if period is not None:  # the compiled rows know three tables
+            self._kernel = None
         self._rows = np.empty((streams, self.tables[0].shape[1]), np.int8 if quantized else np.float32)
         self.reset()
 
     def reset(self) -> None:
         """Silence before the next sample (s[-1] = 0); forgets the coefficients."""
         self.filter.reset()
+        if self.period is not None:
+            self.period.reset()
         self._signal, self._acc = np.zeros(self.filter.streams), np.zeros(self.filter.streams)
+
+    def add_frames(self, coefficients: np.ndarray, frames: np.ndarray) -> None:
+        """The LPC coefficients [k, (B,) p] of the next conditioning frames [k * B, width] (whose lags a period
+        model reads)."""
+        self.filter.add_frames(coefficients)
+        if self.period is not None:
+            self.period.add_frames(frame_lags(frames, self._config))
+
+    def random_start(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Resets to n samples of random small (stable) coefficients and, with a period, random lags short enough
+        that the last 8 samples read generated classes: the native engine's load-time check feeds both engines
+        these. Returns the per-sample coefficients [n, p] and lags [n] (None without a period)."""
+        hop = self.filter.hop
+        frames = rng.normal(0, 0.05, (n // hop + 1, self.filter.order))
+        self.reset()
+        self.filter.add_frames(frames)
+        if self.period is None:
+            return np.repeat(frames, hop, axis=0)[:n], None
+        lags = rng.integers(lag_range(int(self._config["sample_rate"]))[0], n - 8, endpoint=True, size=frames.shape[0])
+        self.period.add_frames(lags)
+        return np.repeat(frames, hop, axis=0)[:n], np.repeat(lags, hop)[:n]
 
     def row(self, previous: np.ndarray) -> np.ndarray:
         """The next step's input rows [B, R] from the previous samples' classes [B] (int64)."""
@@ -272,15 +323,19 @@ class InputRows:
                          self._signal, self._acc, self._scale, self._zero)
             return self._rows
         self._acc = -prediction(a, self.filter._past)
-        sample, signal, predicted = self.tables
+        sample, signal, predicted = self.tables[:3]
         s = mu_law_encode(self._signal, self.classes)
         p = mu_law_encode(-self._acc, self.classes)
         rows = sample[previous] + signal[s] + predicted[p]
+        if self.period is not None:
+            rows = rows + self.tables[3][self.period.next_classes()]
         return rows if self._port is None else self._port.quantize(rows)
 
     def push(self, samples: np.ndarray) -> None:
         """The samples [B] just generated (or forced) after :meth:`row`: filtered into the signal the next row
         reads (the prediction of :meth:`row` is the filter's own sum for them)."""
+        if self.period is not None:
+            self.period.push(samples)
         if self._feed is not None:  # the same operations as Synthesis.feed, on the filter's own state
             self._feed(np.asarray(samples, np.int64), self._decode, self._acc, self.filter._past, self._signal)
             self.filter._t += 1

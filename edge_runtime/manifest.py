@@ -26,10 +26,15 @@ FORMAT = "wavenet-edge"
 #   3: as 2, and layer 0's input row is the sum of three embeddings (an lpc_inputs model, LPCNet's inputs): the
 #      sample's (tables.embedding), the LPC signal's and the next prediction's (tables.signal_embedding,
 #      tables.prediction_embedding), each of its µ-law class; a runtime that reads only 1-2 must refuse it
-FORMAT_VERSION = 2  # what exports write (LPC_INPUTS_VERSION for lpc_inputs models)
+#   4: as 3, and a fourth embedding in the sum (a period_input model): the class of the excitation one pitch
+#      period before the sample (tables.period_embedding; the period from the frame's pitch features,
+#      edge_runtime/period.py); a runtime that reads only 1-3 must refuse it
+FORMAT_VERSION = 2  # what exports write (LPC_INPUTS_VERSION or PERIOD_INPUT_VERSION for those models)
 LPC_INPUTS_VERSION = 3
+PERIOD_INPUT_VERSION = 4
 LPC_INPUT_TABLES = ("signal_embedding", "prediction_embedding")
-READABLE_VERSIONS = (1, 2, 3)
+PERIOD_TABLE = "period_embedding"
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 _DTYPES = {"float32": np.float32, "int8": np.int8, "int32": np.int32}
 
@@ -92,7 +97,8 @@ class Manifest:
     deemphasis: float = 0.0  # the postfilter's coefficient (0: the model's samples are the audio)
     temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
     lpc_order: int = 0  # the LPC synthesis postfilter's order (0: the model's samples are not an excitation)
-    lpc_inputs: tuple[np.ndarray, np.ndarray] | None = None  # float32 [classes, R] x 2 (format 3): s and p tables
+    # float32 [classes, R] x 2 (format 3): the s and p tables; x 3 (format 4): and the period table
+    lpc_inputs: tuple[np.ndarray, ...] | None = None
     input_peak: float = 0.0  # the peak recordings are scaled to before their log-mel (config normalize_peak; 0: none)
 
     @property
@@ -193,18 +199,26 @@ def _input_peak(data: dict, path: Path) -> float:
 
 
 def _lpc_input_tables(data: dict, lpc_order: int, shape: tuple, path: Path):
-    """The signal and prediction embedding tables of a format-3 (lpc_inputs) manifest, else None."""
-    version, tables = data["format_version"], data["tables"]
-    if bool(data["config"].get("lpc_inputs", False)) != (version == LPC_INPUTS_VERSION):
+    """The signal and prediction embedding tables of a format-3 (lpc_inputs) manifest, and the period table
+    after them in format 4 (period_input), else None."""
+    version, tables, config = data["format_version"], data["tables"], data["config"]
+    lpc_inputs, period = bool(config.get("lpc_inputs", False)), bool(config.get("period_input", False))
+    if (version == PERIOD_INPUT_VERSION) != period:
+        raise ModelError(f"{path}: a period_input model is format {PERIOD_INPUT_VERSION}, and only such a model "
+                         f"(format {version}, period_input {config.get('period_input', False)})")
+    if (version in (LPC_INPUTS_VERSION, PERIOD_INPUT_VERSION)) != lpc_inputs:
         raise ModelError(f"{path}: an lpc_inputs model is format {LPC_INPUTS_VERSION}, and only such a model "
-                         f"(format {version}, lpc_inputs {data['config'].get('lpc_inputs', False)})")
-    if version != LPC_INPUTS_VERSION:
+                         f"(format {version}, lpc_inputs {config.get('lpc_inputs', False)})")
+    if not lpc_inputs:
         return None
     if not lpc_order:
         raise ModelError(f"{path}: format {version} (LPC inputs) needs an LPC postfilter")
-    found = tuple(decode_array(tables[name], name) if tables.get(name) else None for name in LPC_INPUT_TABLES)
+    if period and not config.get("pitch_features"):
+        raise ModelError(f"{path}: format {version} (a period input) needs pitch features (config pitch_features)")
+    names = LPC_INPUT_TABLES + ((PERIOD_TABLE,) if period else ())
+    found = tuple(decode_array(tables[name], name) if tables.get(name) else None for name in names)
     if any(t is None or t.shape != shape for t in found):
-        raise ModelError(f"{path}: the signal and prediction embedding tables must be given, each of shape {shape}")
+        raise ModelError(f"{path}: the {', '.join(names)} tables must be given, each of shape {shape}")
     return found
 
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.audio import mu_law_decode
+from edge_runtime.audio import mu_law_decode, mu_law_encode
 from edge_runtime.errors import ModelError
+from edge_runtime.features import lag_range
+
+PERIOD_RING = 1024  # the generated classes _stepkernel.c keeps for a period input: above every lag
 
 ENGINES = ("auto", "native", "litert")
 GROUP = 32  # outputs per packed group, as in _stepkernel.c
@@ -44,7 +47,7 @@ def why_not(manifest, graph, device: str, batch: int) -> str | None:
         return "batch exports run through LiteRT"
     if graph.inputs["state"].quantized:
         return "full-integer (int8) graphs run through LiteRT"
-    if manifest.version not in (1, 2, 3):
+    if manifest.version not in (1, 2, 3, 4):
         return f"manifest format {manifest.version}"
     return None
 
@@ -143,8 +146,13 @@ class NativeStep:
             engine = kernel_module().Engine(dims, np.asarray(dilations, np.int32), embedding, mats)
             if manifest.lpc_inputs is not None:  # the s and p tables, and the µ-law decode the filter reads
                 decode = mu_law_decode(np.arange(Q), Q).astype(np.float64)
-                engine.set_lpc(*(np.ascontiguousarray(t, np.float32) for t in manifest.lpc_inputs), decode,
+                engine.set_lpc(*(np.ascontiguousarray(t, np.float32) for t in manifest.lpc_inputs[:2]), decode,
                                manifest.lpc_order)
+            if manifest.lpc_inputs is not None and len(manifest.lpc_inputs) == 3:  # format 4: the period table
+                if lag_range(int(cfg["sample_rate"]))[1] >= PERIOD_RING:
+                    raise ValueError(f"lags up to {lag_range(int(cfg['sample_rate']))[1]} samples: above the ring")
+                engine.set_period(np.ascontiguousarray(manifest.lpc_inputs[2], np.float32),
+                                  int(mu_law_encode(0.0, Q)))
         except ValueError as e:
             raise ModelError(f"{manifest.step_path.name}: the native engine cannot run it ({e})") from None
         return cls(engine, manifest.version, views, L, G, extra)
@@ -157,9 +165,11 @@ class NativeStep:
         self.engine.reset()
 
     def run(self, n: int, prev: int, cond: np.ndarray | None, noise: np.ndarray | None,
-            forced: np.ndarray | None, logits_out: np.ndarray | None, lpc: np.ndarray | None = None) -> np.ndarray:
+            forced: np.ndarray | None, logits_out: np.ndarray | None, lpc: np.ndarray | None = None,
+            lags: np.ndarray | None = None) -> np.ndarray:
         """n steps of the one stream: samples [n, 1] (int64), as ``Synthesizer._run``. ``lpc``: an lpc_inputs
-        model's coefficients [n, p] of each sample generated (the engine runs the synthesis filter itself)."""
+        model's coefficients [n, p] of each sample generated (the engine runs the synthesis filter itself);
+        ``lags``: a period_input model's lag [n] of each (the engine keeps the generated classes itself)."""
         extra = None
         if self.version >= 2:  # (3: as 2)
             # per-sample gate inputs [n, L, G], or the speaker's constant ones from the graph's own input buffer
@@ -171,7 +181,7 @@ class NativeStep:
         gate_in = cond if cond is not None else constant
         samples = np.empty((n, 1), np.int64)
         self.engine.run(n, int(prev), _c(gate_in, np.float32), stride, _c(extra, np.float32), _c(noise, np.float32),
-                        _c(forced, np.int64), logits_out, samples, _c(lpc, np.float64))
+                        _c(forced, np.int64), logits_out, samples, _c(lpc, np.float64), _c(lags, np.int64))
         return samples
 
 

@@ -77,10 +77,9 @@ class Synthesizer:
                                                                       self.batch)
         if self._lpc is not None:  # the front-end fields the predictor reads: a bad one fails here, not mid-stream
             lpc.coefficients_for(np.zeros((1, int(cfg["n_mels"]))), cfg)
-        # LPCNet's inputs (format 3): layer 0's row also holds the filter's signal and next prediction
-        self._rows = None if manifest.lpc_inputs is None else lpc.InputRows(
-            (manifest.embedding, *manifest.lpc_inputs), manifest.lpc_order, int(cfg["hop_length"]), self.batch,
-            ins["state"])
+        # LPCNet's inputs (format 3): layer 0's row also holds the filter's signal and next prediction (and, format
+        # 4, the excitation one period back)
+        self._rows = lpc.input_rows(manifest, ins["state"], self.batch)
         # Without a recommendation in the manifest: 0.5, which scored best for the first shipped voice.
         self.temperature = 0.5 if manifest.temperature is None else manifest.temperature
         self.conditioner = Conditioner(manifest, device, threads, self.batch) if self.use_mel else None
@@ -117,7 +116,9 @@ class Synthesizer:
         draw in ten on the trained `s` voices, each time ~1e-3 of the spread. A wrong weight, tap or activation
         is off in every draw, so the best draw tells a wrong graph from a rounding flip."""
         rng = np.random.default_rng(0)
-        return min(self._draw_error(step, rng) for _ in range(draws))
+        # a period input reads classes at least the shortest lag back: enough steps that the last ones do
+        n = 8 if self._rows is None or self._rows.period is None else 48
+        return min(self._draw_error(step, rng, n) for _ in range(draws))
 
     def _draw_error(self, step: native.NativeStep, rng: np.random.Generator, n: int = 8) -> float:
         """Largest |logit difference| between LiteRT and ``step`` over n teacher-forced steps from the same random
@@ -131,16 +132,10 @@ class Synthesizer:
         cond = None if port is None or not self.use_mel else rng.normal(0, 1, (n, *port.shape)).astype(np.float32)
         forced = rng.integers(0, self.classes, (n, 1))
         ours, theirs = (np.empty((n, 1, self.classes), np.float32) for _ in range(2))
-        coefficients = None
-        if self._rows is not None:  # the same small (stable) LPC coefficients for both engines' filters
-            hop = self._rows.filter.hop
-            frames = rng.normal(0, 0.05, (n // hop + 1, self.manifest.lpc_order))
-            self._rows.reset()
-            self._rows.filter.add_frames(frames)
-            coefficients = np.repeat(frames, hop, axis=0)[:n]
+        coefficients, lags = (None, None) if self._rows is None else self._rows.random_start(rng, n)
         self._t, self._prev = 0, forced[0]
         self._run_litert(n, cond, None, forced, theirs)
-        step.run(n, int(forced[0, 0]), cond, None, forced, ours, coefficients)
+        step.run(n, int(forced[0, 0]), cond, None, forced, ours, coefficients, lags)
         return float(np.abs(ours - theirs).max() / (np.ptp(theirs) or 1.0))
 
     @classmethod
@@ -200,7 +195,8 @@ class Synthesizer:
         """Runs n steps; returns the samples [n, B]. With ``forced`` [n, B] the inputs are teacher-forced."""
         if self._native is not None:  # it runs an lpc_inputs model's filter itself: it takes the coefficients
             coefficients = None if self._rows is None else self._rows.filter.take(n)
-            samples = self._native.run(n, int(self._prev[0]), cond, noise, forced, logits_out, coefficients)
+            lags = None if self._rows is None or self._rows.period is None else self._rows.period.take(n)
+            samples = self._native.run(n, int(self._prev[0]), cond, noise, forced, logits_out, coefficients, lags)
             self._prev, self._t = samples[-1].copy() if n else self._prev, self._t + n
             return samples
         return self._run_litert(n, cond, noise, forced, logits_out)
@@ -365,10 +361,11 @@ class Synthesizer:
         """The LPC coefficients of conditioning frames [k, B, width] as they arrive, for the postfilter (and the
         input rows of an lpc_inputs model)."""
         k = block.shape[0]
-        coefficients = lpc.coefficients_for(block.reshape(k * self.batch, -1), self.config).reshape(k, self.batch, -1)
+        frames = block.reshape(k * self.batch, -1)
+        coefficients = lpc.coefficients_for(frames, self.config).reshape(k, self.batch, -1)
         self._lpc.add_frames(coefficients)
         if self._rows is not None:
-            self._rows.filter.add_frames(coefficients)
+            self._rows.add_frames(coefficients, frames)
 
     def _output(self, samples: np.ndarray, squeeze, gain: float) -> np.ndarray:
         """Generated classes [n, B] -> audio: µ-law decoded, LPC synthesis, de-emphasis (as the manifest says),
@@ -404,10 +401,12 @@ class Synthesizer:
         out = np.empty((n, 1, self.classes), self.step.outputs["logits"].dtype)
         self._prev = classes[:1]
         if self._rows is not None:  # the filter starts at the first sample, as in training
-            self._rows.filter.add_frames(lpc.coefficients_for(mel, self.config))
+            self._rows.add_frames(lpc.coefficients_for(mel, self.config), mel)
             if self._native is None:
                 self._rows.push(self._prev)
             else:
                 self._native.engine.lpc_push(int(classes[0]), self._rows.filter.take(1)[0])
+                if self._rows.period is not None:  # the engine keeps the classes; the lags move on past it
+                    self._rows.period.take(1)
         self._run(n, cond, None, classes[1:, None], out)
         return self.step.outputs["logits"].dequantize(out[:, 0])

@@ -102,10 +102,17 @@ class Config:
     # LPCNet's pitch features (edge_runtime/features.py): each conditioning frame carries, after its log-mel bands,
     # the voicing and period of the signal around it, so the network need not infer the period from harmonics.
     pitch_features: bool = False
+    # The excitation one pitch period back (needs lpc_inputs and pitch_features): a fourth class through its own
+    # table in layer 0's input sum, e[t - L] with L the frame's period from its pitch features (long-term
+    # prediction, as in FARGAN; edge_runtime/period.py). Manifest format 4.
+    period_input: bool = False
     # Noise on the fed-back input (LPCNet, FFTNet): during training the network reads its past samples' µ-law
     # classes plus rounded Gaussian noise of this standard deviation (in classes), while the targets stay clean,
     # so it learns to continue from a history with errors like its own at synthesis (0 = off).
     input_noise: float = 0.0
+    # The same on a period_input model's period class alone (training only): a network that copies its last
+    # period copies its errors too, unless it has learned that the copy is not exact.
+    period_noise: float = 0.0
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999
     steps: int = 100000
@@ -149,6 +156,11 @@ class Config:
     def frame_width(self) -> int:
         """Values per conditioning frame: the log-mel bands, then the pitch features of a ``pitch_features`` model."""
         return frame_width(self.to_dict())
+
+    @property
+    def lpc_columns(self) -> int:
+        """Classes per position of the ``lpc`` input: s and p, and the period's of a ``period_input`` model."""
+        return 3 if self.period_input else 2
 
     @property
     def use_speaker(self) -> bool:
@@ -247,9 +259,14 @@ class Config:
         need(0 < self.lpc_gamma <= 1, f"lpc_gamma must be in (0, 1], got {self.lpc_gamma}")
         need(0 <= self.input_noise <= self.mu_classes / 4,
              f"input_noise must be in [0, {self.mu_classes / 4:g}] classes, got {self.input_noise}")
+        need(0 <= self.period_noise <= self.mu_classes / 4,
+             f"period_noise must be in [0, {self.mu_classes / 4:g}] classes, got {self.period_noise}")
+        need(not self.period_noise or self.period_input, "period_noise needs period_input (the class it perturbs)")
         need(not self.lpc_inputs or self.lpc_order, "lpc_inputs needs lpc_order > 0 (s and p come from the filter)")
         need(not self.lpc_order or self.use_mel, "lpc_order needs local conditioning (the LPC comes from the mel)")
         need(not self.pitch_features or self.use_mel, "pitch_features needs local conditioning (n_mels > 0)")
+        need(not self.period_input or (self.lpc_inputs and self.pitch_features),
+             "period_input needs lpc_inputs and pitch_features (its lag comes from the pitch features)")
         need(0 <= self.lr_min <= self.learning_rate, f"need 0 <= lr_min <= learning_rate, got lr_min={self.lr_min}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         need(self.mixed_precision in ("none", "bfloat16"),

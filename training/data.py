@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.audio import mu_law_encode, scale_to_peak
-from edge_runtime.features import conditioning_frames
+from edge_runtime.features import conditioning_frames, frame_lags
 from edge_runtime.lpc import coefficients_for, input_classes, model_signal
 from edge_runtime.corpus import DataError, find_audio_files, speaker_of, trim_silence  # noqa: F401 (re-exported)
 from training.config import Config, receptive_field
@@ -26,7 +26,7 @@ class Utterance:
     speaker: int
     classes: np.ndarray  # int32 [T], T a multiple of the frame length
     mel: np.ndarray | None  # float32 [T // hop, n_mels]
-    lpc: np.ndarray | None = None  # int32 [T, 2]: classes of s[t] and p[t+1] (lpc_inputs models only)
+    lpc: np.ndarray | None = None  # int32 [T, 2 or 3]: classes of s[t], p[t+1] (and e[t+1-L]): lpc_inputs models
 
     @property
     def num_samples(self) -> int:
@@ -89,7 +89,9 @@ def lpc_inputs(classes: np.ndarray, mel: np.ndarray | None, config: Config) -> n
     """The ``lpc`` input of an lpc_inputs model (edge_runtime/lpc.py ``input_classes``), else None."""
     if not config.lpc_inputs:
         return None
-    return input_classes(classes, coefficients_for(mel, config.to_dict()), config.hop_length, config.mu_classes)
+    cfg = config.to_dict()
+    lags = frame_lags(mel, cfg) if config.period_input else None
+    return input_classes(classes, coefficients_for(mel, cfg), config.hop_length, config.mu_classes, lags)
 
 
 def load_recordings(data_dir: str | os.PathLike, config: Config, speaker_regex: str | None = None,

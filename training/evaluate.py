@@ -35,7 +35,7 @@ class NLLScorer:
         if config.use_mel:
             spec["mel"] = tf.TensorSpec([1, None, config.frame_width], tf.float32)
         if config.lpc_inputs:
-            spec["lpc"] = tf.TensorSpec([1, None, 2], tf.int32)
+            spec["lpc"] = tf.TensorSpec([1, None, config.lpc_columns], tf.int32)
         if config.use_speaker:
             spec["speaker"] = tf.TensorSpec([1], tf.int32)
 

@@ -26,7 +26,7 @@ GROWABLE = ("stacks", "residual_channels", "gate_channels", "skip_channels", "he
 
 # Variable path (under wavenet/) -> the kind of each axis; None: an axis whose size never changes.
 _AXES = [
-    (r"(sample|signal|prediction)_embedding/embeddings", (None, "R")),
+    (r"(sample|signal|prediction|period)_embedding/embeddings", (None, "R")),
     (r"upsampler/smooth_\d+", (None,)),
     (r"upsampler/frame_conv_0/kernel", (None, "F", "C")),
     (r"upsampler/frame_conv_\d+/kernel", (None, "C", "C")),

@@ -209,9 +209,11 @@ class WaveNet(keras.Model):
         if config.use_mel and config.cond_layers == 0:
             cond = config.frame_width
         self.embed = layers.Embedding(config.mu_classes, config.residual_channels, name="sample_embedding")
-        # lpc_inputs: s[t] and p[t+1] (inputs["lpc"]) through their own tables, summed into layer 0's input
+        # lpc_inputs: s[t] and p[t+1] (inputs["lpc"]) through their own tables, summed into layer 0's input; a
+        # period_input model's e[t + 1 - L] too
         self.embed_lpc = ([layers.Embedding(config.mu_classes, config.residual_channels, name=f"{n}_embedding")
-                           for n in ("signal", "prediction")] if config.lpc_inputs else [])
+                           for n in ("signal", "prediction", "period")[:config.lpc_columns]]
+                          if config.lpc_inputs else [])
         self.upsampler = (Upsampler(config.cond_channels, config.cond_layers, config.upsample_scales,
                                     conditioning_context(config), math.log(config.log_floor), config.normalize_mel,
                                     name="upsampler")
@@ -276,7 +278,7 @@ def model_inputs(config: Config, batch: int, samples: int) -> dict:
     if config.use_mel:
         inputs["mel"] = np.zeros((batch, samples // config.hop_length, config.frame_width), np.float32)
     if config.lpc_inputs:
-        inputs["lpc"] = np.full((batch, samples, 2), config.mu_classes // 2, np.int32)
+        inputs["lpc"] = np.full((batch, samples, config.lpc_columns), config.mu_classes // 2, np.int32)
     if config.use_speaker:
         inputs["speaker"] = np.zeros((batch,), np.int32)
     return inputs

@@ -37,9 +37,9 @@ from training.grow import GROWABLE, grow_arrays
 # never anything that shapes the model or its data (those would not fit the source's weights, or not be the same model).
 TUNABLE = frozenset({
     "batch_size", "segment_length", "lr_schedule", "learning_rate", "lr_decay_rate", "lr_decay_steps", "lr_min",
-    "warmup_steps", "adam_beta2", "score_whole_window", "input_noise", "grad_clip_norm", "ema_decay", "steps",
-    "checkpoint_every", "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision", "qat_range_decay",
-    "qat_calibration_batches", "qat_state_scales"})
+    "warmup_steps", "adam_beta2", "score_whole_window", "input_noise", "period_noise", "grad_clip_norm", "ema_decay",
+    "steps", "checkpoint_every", "keep_checkpoints", "val_every", "seed", "jit_compile", "mixed_precision",
+    "qat_range_decay", "qat_calibration_batches", "qat_state_scales"})
 
 # What a float fine-tune of an excitation model (lpc_order > 0) may change besides: the bandwidth expansion of the
 # predictor changes the excitation the network is asked for (the data), not any weight's shape, so a trained voice
@@ -109,7 +109,7 @@ class FineTuneSource:
         if not qat:
             free |= RESCALES | {k for k in GROWS if not a[k]} | {k for k in GROWABLE if b[k] >= a[k]}
         if not qat and a["lpc_order"]:
-            free |= RETARGETS | ({"lpc_inputs"} if not a["lpc_inputs"] else set())  # growing: see load_into
+            free |= RETARGETS | {k for k in ("lpc_inputs", "period_input") if not a[k]}  # growing: see load_into
         changed = [k for k in a if k not in free and a[k] != b[k]]
         if changed:
             k = changed[0]
@@ -147,13 +147,12 @@ class FineTuneSource:
     def load_into(self, learner) -> None:
         """The source's final EMA weights into the model and its EMA (the ranges are set by calibration).
 
-        A float fine-tune may turn ``lpc_inputs`` on: the new signal and prediction tables start at zero, so the
+        A float fine-tune may turn ``lpc_inputs`` or ``period_input`` on: the new tables start at zero, so the
         run starts from exactly the source's model and learns what the new inputs add. Likewise new pitch
         features, layers and channels (training/grow.py)."""
         arrays = ckpt_io.load_ema(self.checkpoint)
-        if not self.config.lpc_inputs:
-            arrays.update({t.embeddings.path: np.zeros(t.embeddings.shape, np.float32)
-                           for t in learner.model.embed_lpc})
+        arrays.update({t.embeddings.path: np.zeros(t.embeddings.shape, np.float32)
+                       for t in learner.model.embed_lpc if t.embeddings.path not in arrays})
         fresh = {v.path: v.numpy() for v in learner.variables}
         arrays = grow_arrays(arrays, self.config, learner.model.config, fresh)
         ckpt_io.assign_arrays(learner.variables, arrays, f"{self.checkpoint}/ema.npz")

@@ -193,18 +193,29 @@ class TrainStep:
 
     def _loss_and_grads_eager(self, batch):
         model, first, last = self.learner.model, self.first, self.last
-        inputs = batch if not self.config.input_noise else dict(batch, audio=self._noisy(batch["audio"]))
+        inputs = self._noisy_inputs(batch)
         with tf.GradientTape() as tape:
             logits = model(inputs, training=True)[:, first - 1:last - 1]  # [b, scored, classes]
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["audio"][:, first:last], logits))
         # Dense gradients (the embeddings' are IndexedSlices): small tables, and all-reduce/clip need tensors.
         return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, self.learner.variables)]
 
-    def _noisy(self, classes):
-        """The input with ``input_noise`` (targets stay clean), drawn per step and replica."""
+    def _noisy_inputs(self, batch):
+        """The inputs with ``input_noise`` on the fed-back sample and ``period_noise`` on the period class
+        (targets stay clean), each drawn per step and replica."""
+        cfg, inputs = self.config, dict(batch)
+        if cfg.input_noise:
+            inputs["audio"] = self._noisy(batch["audio"], cfg.input_noise, 0)
+        if cfg.period_noise:
+            lpc = batch["lpc"]
+            inputs["lpc"] = tf.concat([lpc[..., :2], self._noisy(lpc[..., 2:], cfg.period_noise, 32)], axis=-1)
+        return inputs
+
+    def _noisy(self, classes, stddev: float, stream: int):
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.stack([tf.cast(self.learner.optimizer.iterations, tf.int32) * 64 + replica, self.config.seed])
-        return noisy_history(classes, self.config.input_noise, self.config.mu_classes, seed)
+        seed = tf.stack([tf.cast(self.learner.optimizer.iterations, tf.int32) * 64 + stream + replica,
+                         self.config.seed])
+        return noisy_history(classes, stddev, self.config.mu_classes, seed)
 
     def _replica_step(self, batch):
         learner = self.learner

@@ -6,7 +6,8 @@ OUT_DIR/data (generated two-speaker audio), OUT_DIR/val (its validation files), 
 trained for a few seconds), OUT_DIR/models/{float32,float16,dynamic,int8} (exported), OUT_DIR/models_b2
 (dynamic, batch 2), OUT_DIR/uncond (a tiny model without conditioning, float32), OUT_DIR/emph (pre-emphasis,
 float32), OUT_DIR/lpc (LPC excitation + pre-emphasis, float32), OUT_DIR/lpcin_{float32,int8} (LPCNet's inputs
-too: format 3), OUT_DIR/reference.npz (the validation utterances and the float32 TF model's teacher-forced
+too: format 3), OUT_DIR/period_{float32,int8} (and the excitation one period back: format 4),
+OUT_DIR/reference.npz (the validation utterances and the float32 TF model's teacher-forced
 logits) and OUT_DIR/tf_eval.json.
 """
 
@@ -79,19 +80,35 @@ def main(out: Path) -> None:
     # LPCNet's inputs (format 3): s[t] and p[t+1] embedded beside the excitation; float32 and int8.
     inputs = Config.preset("tiny", seed=6, steps=60, preemphasis=0.85, lpc_order=8, lpc_inputs=True, val_every=60,
                            checkpoint_every=60)
-    train(inputs, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "lpcin_run", **quiet)
-    for variant in ("float32", "int8"):
-        export(out / "lpcin_run", out / f"lpcin_{variant}", variant, log=lambda m: None)
-    model, cfg, _ = load_model(out / "lpcin_run")
-    val = load_utterances(out / "val", cfg)
-    nll, count = NLLScorer(model, cfg)(val)
-    (out / "lpcin_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
-    np.savez(out / "lpcin_reference.npz", classes=val[0].classes, mel=val[0].mel, lpc=val[0].lpc,
-             logits=model(utterance_inputs(val[0], cfg)).numpy()[0, :-1])
+    input_rows_case(inputs, data, out, "lpcin")
+    # The excitation one period back besides them (format 4): pitch features give the lag.
+    input_rows_case(inputs.replace(seed=7, steps=40, val_every=40, checkpoint_every=40, pitch_features=True,
+                                   period_input=True), data, out, "period")
 
     plain = Config.preset("tiny", seed=3, steps=60, n_mels=0, speaker_dim=0, val_every=60, checkpoint_every=60)
     train(plain, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "uncond_run", **quiet)
     export(out / "uncond_run", out / "uncond", "float32", log=lambda m: None)
+
+
+def input_rows_case(config, data: Path, out: Path, name: str) -> None:
+    """A model whose layer 0 row sums several tables: OUT/NAME_{float32,int8}, its TF NLL on the validation files
+    (NAME_tf_eval.json) and the first one's inputs and teacher-forced logits (NAME_reference.npz)."""
+    from convert.export import export
+    from training.checkpoint import load_model
+    from training.data import load_utterances
+    from training.evaluate import NLLScorer, utterance_inputs
+    from training.train import DataArgs, train
+
+    train(config, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / f"{name}_run", progress=False,
+          log=lambda m: None)
+    for variant in ("float32", "int8"):
+        export(out / f"{name}_run", out / f"{name}_{variant}", variant, log=lambda m: None)
+    model, cfg, _ = load_model(out / f"{name}_run")
+    val = load_utterances(out / "val", cfg)
+    nll, count = NLLScorer(model, cfg)(val)
+    (out / f"{name}_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))
+    np.savez(out / f"{name}_reference.npz", classes=val[0].classes, mel=val[0].mel, lpc=val[0].lpc,
+             logits=model(utterance_inputs(val[0], cfg)).numpy()[0, :-1])
 
 
 if __name__ == "__main__":

@@ -256,7 +256,8 @@ def test_lpc_inputs_rows_change_the_logits(built, tmp_path, engine):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d["tables"].pop("prediction_embedding"), "signal and prediction embedding tables must be given"),
+    (lambda d: d["tables"].pop("prediction_embedding"),
+     "the signal_embedding, prediction_embedding tables must be given"),
     (lambda d: d["tables"].update(signal_embedding=d["tables"]["speaker_bias"]), "each of shape"),
     (lambda d: d.update(format_version=2), "an lpc_inputs model is format 3, and only such a model"),
     (lambda d: d["config"].update(lpc_inputs=False), "an lpc_inputs model is format 3"),

@@ -128,17 +128,18 @@ def test_int8_step_graph_is_edge_tpu_compatible(built):
 
 
 def test_format_versions(built, tmp_path):
-    # Exports write format 2 (3 for lpc_inputs models: test_lpc.py); format 1 (the voices shipped until the LPC
-    # re-ship: tests/data/format1) still runs (test_native.py). Any other version, or a graph that does not have the inputs its version says, is one
-    # clean ModelError.
+    # Exports write format 2 (3 for lpc_inputs models: test_lpc.py, 4 with a period input: test_period.py); format
+    # 1 (the voices shipped until the LPC re-ship: tests/data/format1) still runs (test_native.py). Any other
+    # version, or a graph that does not have the inputs its version says, is one clean ModelError.
     import shutil
 
     from edge_runtime.errors import ModelError
 
     model = shutil.copytree(built / "models/float32", tmp_path / "model")
     data = json.loads((model / "manifest.json").read_text())
-    for version, message in [(4, "format version 4; this runtime reads versions 1, 2, 3"), ("2", "format version '2'"),
-                             (3, "an lpc_inputs model is format 3, and only such a model"),
+    for version, message in [(5, "format version 5; this runtime reads versions 1, 2, 3, 4"),
+                             ("2", "format version '2'"), (3, "an lpc_inputs model is format 3, and only such a model"),
+                             (4, "a period_input model is format 4, and only such a model"),
                              (1, "step.tflite has inputs")]:
         (model / "manifest.json").write_text(json.dumps(dict(data, format_version=version)))
         with pytest.raises(ModelError, match=message):

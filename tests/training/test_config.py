@@ -80,6 +80,7 @@ def test_config_is_frozen():
     ("lpc_gamma=0", r"lpc_gamma must be in \(0, 1\]"),
     ("input_noise=-1", r"input_noise must be in \[0, 64\] classes"),
     ("input_noise=65", r"input_noise must be in \[0, 64\] classes"),
+    ("period_noise=-1", r"period_noise must be in \[0, 64\] classes"),
 ])
 def test_recipe_options_are_checked(setting, message):
     with pytest.raises(ConfigError, match=message):
@@ -100,6 +101,10 @@ def test_lpc_needs_the_mel_and_fits_in_a_frame():
     with pytest.raises(ConfigError, match=r"pitch_features needs local conditioning \(n_mels > 0\)"):
         Config.preset("tiny", n_mels=0, pitch_features=True)
     assert (Config.preset("tiny").frame_width, Config.preset("tiny", pitch_features=True).frame_width) == (16, 18)
+    for missing in ("lpc_inputs", "pitch_features"):
+        with pytest.raises(ConfigError, match=r"period_input needs lpc_inputs and pitch_features"):
+            Config.preset("tiny", **{"lpc_order": 8, "lpc_inputs": True, "pitch_features": True,
+                                     "period_input": True, missing: False})
 
 
 def test_qat_needs_float32_compute():
@@ -125,7 +130,7 @@ def test_old_configs_keep_their_recipe():
     values = Config.preset("s").to_dict()
     for key in ("lr_schedule", "warmup_steps", "adam_beta2", "score_whole_window", "preemphasis", "qat",
                 "qat_range_decay", "qat_calibration_batches", "lpc_order", "lpc_gamma", "lpc_inputs", "normalize_peak",
-                "pitch_features"):
+                "pitch_features", "period_input", "period_noise"):
         values.pop(key)
     old = Config.from_dict(values)
     assert (old.lr_schedule, old.warmup_steps, old.adam_beta2, old.score_whole_window, old.preemphasis) == (

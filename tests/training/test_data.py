@@ -219,6 +219,25 @@ def test_lpc_inputs_are_the_filtered_classes_and_the_next_prediction(tiny_config
     assert u.lpc[-1, 1] == 128 and np.abs(s - p - mu_law_decode(u.classes)).max() < 1e-12
 
 
+def test_period_input_is_the_excitation_one_frame_lag_back(tiny_config):
+    from edge_runtime.features import frame_lags
+    from training.data import prepare
+
+    audio = voice(np.random.default_rng(2), 150.0, 0.5, 8000)
+    config = tiny_config.replace(preemphasis=0.85, lpc_order=8, lpc_inputs=True, pitch_features=True)
+    u = prepare(audio, config.replace(period_input=True), "a", 0)
+    np.testing.assert_array_equal(u.lpc[:, :2], prepare(audio, config, "a", 0).lpc)  # s and p unchanged
+    lags = frame_lags(u.mel, config.to_dict())
+    voiced = lags[4:-4]
+    assert abs(np.median(voiced) - 8000 / 150) <= 1  # the voice's period, in samples
+    hop, t = config.hop_length, np.arange(u.num_samples - 1)
+    source = t + 1 - lags[(t + 1) // hop]
+    expected = np.where(source >= 0, u.classes[np.maximum(source, 0)], 128)
+    assert u.lpc.shape == (u.num_samples, 3) and (source < 0).any() and (source >= 0).any()
+    np.testing.assert_array_equal(u.lpc[:-1, 2], expected)
+    assert u.lpc[-1, 2] == 128
+
+
 def test_input_noise_is_rounded_gaussian_within_the_class_range():
     import tensorflow as tf
     from training.data import noisy_history

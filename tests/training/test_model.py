@@ -16,7 +16,7 @@ def random_inputs(config, batch, samples, seed=0):
     if config.use_speaker:
         inputs["speaker"] = np.arange(batch, dtype=np.int32) % len(config.speakers)
     if config.lpc_inputs:
-        inputs["lpc"] = rng.integers(0, 256, (batch, samples, 2)).astype(np.int32)
+        inputs["lpc"] = rng.integers(0, 256, (batch, samples, config.lpc_columns)).astype(np.int32)
     return inputs
 
 
@@ -127,10 +127,11 @@ def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarra
     embedding = state_embedding(weights, fake_quant)  # scaled like the rows of a per-layer int8 state
     history = np.zeros((T, cfg.n_layers, cfg.residual_channels), np.float32)
     out = np.zeros((T, cfg.mu_classes), np.float32)
-    extra = [state_embedding(weights, fake_quant, name) for name in ("signal_embedding", "prediction_embedding")
+    extra = [state_embedding(weights, fake_quant, name)
+             for name in ("signal_embedding", "prediction_embedding", "period_embedding")[:cfg.lpc_columns]
              if cfg.lpc_inputs]
     for t in range(T):
-        history[t, 0] = embedding[audio[t]]  # an lpc_inputs model's row adds its s and p embeddings
+        history[t, 0] = embedding[audio[t]]  # an lpc_inputs model's row adds its s and p (and period) embeddings
         for i, table in enumerate(extra):
             history[t, 0] += table[inputs["lpc"][0, t, i]]
         rows = [history[t - d, l] if t - d >= 0 else np.zeros(cfg.residual_channels, np.float32) for l, d in layout]
@@ -149,10 +150,12 @@ def step_loop_logits(model, inputs: dict, fake_quant: bool = False) -> np.ndarra
     (2, True, True, 3, False),  # a deeper frame-rate conditioner: three frames of context on each side, not one
     (2, True, True, 1, True),  # LPCNet's inputs: three embeddings summed into layer 0's row
     (2, True, True, 1, "pitch"),  # frames of log-mel bands and pitch features
+    (2, True, True, 1, "period"),  # and the excitation one period back: four embeddings in layer 0's row
 ])
 def test_step_loop_matches_full_model(tiny_config, kernel_size, mel, speaker, cond_layers, lpc_inputs):
-    changes = {"kernel_size": kernel_size, "cond_layers": cond_layers, "lpc_order": 8 * (lpc_inputs is True),
-               "lpc_inputs": lpc_inputs is True, "pitch_features": lpc_inputs == "pitch"}
+    rows = lpc_inputs in (True, "period")
+    changes = {"kernel_size": kernel_size, "cond_layers": cond_layers, "lpc_order": 8 * rows, "lpc_inputs": rows,
+               "pitch_features": lpc_inputs in ("pitch", "period"), "period_input": lpc_inputs == "period"}
     changes.update({} if mel else {"n_mels": 0})
     changes.update({} if speaker else {"speaker_dim": 0, "speakers": ()})
     config = tiny_config.replace(**changes)

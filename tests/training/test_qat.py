@@ -151,6 +151,14 @@ def test_finetune_can_add_lpc_inputs_starting_from_the_same_model(tiny_data, tmp
     assert all(np.abs(moved[k]).max() > 1e-4 for k in new)  # the new inputs are learned
     with pytest.raises(QATError, match="architecture and data .* lpc_inputs"):  # not in a QAT run
         qat_train(source, tmp_path / "q", 5, "lpc_inputs=true")
+    # the excitation one period back too, with the pitch features its lag comes from: still the source's model
+    summary, _ = qat_train(source, tmp_path / "period", 0, "lpc_inputs=true", "pitch_features=true",
+                           "period_input=true", "val_every=6", "checkpoint_every=6", qat=False)
+    assert summary["val_nll_bits"] == pytest.approx(before["val_nll_bits"], rel=1e-6)
+    start = np.load(ckpt_io.checkpoints(tmp_path / "period")[-1] / "ema.npz")
+    tables = [k for k in set(start) - set(source_ema) if "embedding" in k]
+    assert sorted(k.split("/")[-2] for k in tables) == ["period_embedding", "prediction_embedding", "signal_embedding"]
+    assert all(not start[k].any() for k in tables)
     # a new bandwidth expansion: the same weights, new targets (the data is rebuilt with it)
     summary, _ = qat_train(source, tmp_path / "g", 0, "lpc_gamma=0.97", "val_every=6", "checkpoint_every=6",
                            qat=False)

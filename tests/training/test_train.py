@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import REPO, assert_clean_error, run_cli
 from training import checkpoint as ckpt_io
-from training.config import Config
+from training.config import Config, ConfigError
 
 
 def test_training_beats_the_unigram_entropy(tiny_run):
@@ -151,3 +151,27 @@ def test_input_noise_perturbs_the_input_and_scores_the_clean_targets(tiny_config
     assert abs(float(loss) - loss_of(dict(batch, audio=noisy))) < 1e-6
     # An untrained model's logits are nearly flat: the clean input changes its loss by ~1e-4, 100x the tolerance
     assert abs(float(loss) - loss_of(batch)) > 3e-5
+
+
+def test_period_noise_perturbs_only_the_period_class(tiny_config):
+    import tensorflow as tf
+    from training.data import noisy_history, window_frames
+    from training.model import model_inputs
+    from training.train import Learner, TrainStep
+
+    config = tiny_config.replace(lpc_order=8, lpc_inputs=True, pitch_features=True, period_input=True,
+                                 period_noise=3.0, jit_compile=False)
+    strategy = tf.distribute.get_strategy()
+    step = TrainStep(config, Learner(config, strategy), strategy)
+    rng = np.random.default_rng(1)
+    batch = {k: tf.constant(v) for k, v in model_inputs(config, 2, window_frames(config) * config.hop_length).items()}
+    batch["lpc"] = tf.constant(rng.integers(100, 156, batch["lpc"].shape), tf.int32)
+    inputs = step._noisy_inputs(batch)
+    np.testing.assert_array_equal(inputs["audio"], batch["audio"])  # input_noise is off
+    np.testing.assert_array_equal(inputs["lpc"][..., :2], batch["lpc"][..., :2])  # s and p stay clean
+    expected = noisy_history(batch["lpc"][..., 2:], 3.0, config.mu_classes, tf.constant([32, config.seed]))
+    np.testing.assert_array_equal(inputs["lpc"][..., 2:], expected)  # step 0, replica 0: its own seed stream
+    moved = np.abs(inputs["lpc"][..., 2].numpy() - batch["lpc"][..., 2].numpy())
+    assert 0.5 < moved.mean() < 4 and moved.max() <= 20  # about 3 classes of rounded Gaussian noise
+    with pytest.raises(ConfigError, match="period_noise needs period_input"):
+        Config.preset("tiny", period_noise=1.0)
