@@ -128,4 +128,5 @@ def frame_lags(frames: np.ndarray, config: dict) -> np.ndarray:
     silent), from its pitch feature: int64 [F] of frames [F, width] of a ``pitch_features`` model."""
     shortest, longest = lag_range(int(config["sample_rate"]))
     position = 1.0 - np.asarray(frames, np.float64)[:, int(config["n_mels"]) + 1] / math.log(config["log_floor"])
-    return np.rint(longest * (shortest / longest) ** np.clip(position, 0.0, 1.0)).astype(np.int64)
+    position = np.clip(np.nan_to_num(position, nan=0.0), 0.0, 1.0)  # a frame's feature off its range: an end
+    return np.rint(longest * (shortest / longest) ** position).astype(np.int64)

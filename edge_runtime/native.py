@@ -49,6 +49,9 @@ def why_not(manifest, graph, device: str, batch: int) -> str | None:
         return "full-integer (int8) graphs run through LiteRT"
     if manifest.version not in (1, 2, 3, 4):
         return f"manifest format {manifest.version}"
+    longest = lag_range(int(manifest.config["sample_rate"]))[1]
+    if manifest.version == 4 and longest >= PERIOD_RING:
+        return f"a period input's lags reach {longest} samples, beyond the {PERIOD_RING} the compiled loop keeps"
     return None
 
 
@@ -149,8 +152,6 @@ class NativeStep:
                 engine.set_lpc(*(np.ascontiguousarray(t, np.float32) for t in manifest.lpc_inputs[:2]), decode,
                                manifest.lpc_order)
             if manifest.lpc_inputs is not None and len(manifest.lpc_inputs) == 3:  # format 4: the period table
-                if lag_range(int(cfg["sample_rate"]))[1] >= PERIOD_RING:
-                    raise ValueError(f"lags up to {lag_range(int(cfg['sample_rate']))[1]} samples: above the ring")
                 engine.set_period(np.ascontiguousarray(manifest.lpc_inputs[2], np.float32),
                                   int(mu_law_encode(0.0, Q)))
         except ValueError as e:

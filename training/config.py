@@ -110,8 +110,8 @@ class Config:
     # classes plus rounded Gaussian noise of this standard deviation (in classes), while the targets stay clean,
     # so it learns to continue from a history with errors like its own at synthesis (0 = off).
     input_noise: float = 0.0
-    # The same on a period_input model's period class alone (training only): a network that copies its last
-    # period copies its errors too, unless it has learned that the copy is not exact.
+    # The same on a period_input model's period class alone (training only), as LPCNet and FARGAN train their
+    # feedback inputs: so that the network does not take its last period for an exact copy.
     period_noise: float = 0.0
     grad_clip_norm: float = 1.0
     ema_decay: float = 0.999

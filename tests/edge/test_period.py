@@ -59,6 +59,9 @@ def test_frame_lags_read_the_period_of_a_pulse_train():
         lags = frame_lags(conditioning_frames(pulses, config), config)
         assert np.all(lags[5:-5] == period), (period, np.unique(lags[5:-5]))
     assert np.all(frame_lags(conditioning_frames(np.zeros(800, np.float32), config), config) == 134)  # silence
+    odd = np.zeros((3, 22), np.float32)
+    odd[:, 21] = [np.nan, -100.0, 5.0]  # a pitch feature off its range: the nearest end, never a wild lag
+    np.testing.assert_array_equal(frame_lags(odd, config), [134, 134, 16])
 
 
 @pytest.mark.parametrize("variant, engine, tolerance, nll_gap", [
@@ -151,3 +154,17 @@ def test_native_engine_refuses_lags_outside_its_ring_and_lags_without_a_period_i
     plain = Synthesizer.load(built / "lpcin_float32", engine="native")._native
     with pytest.raises(ValueError, match="lags given to a model without a period input"):
         plain.run(*args, np.full(n, 16))
+
+
+def test_native_engine_declines_lags_beyond_its_ring(built):
+    import copy
+    import dataclasses
+
+    from edge_runtime import native
+
+    synth = Synthesizer.load(built / "period_float32", engine="litert")
+    assert native.why_not(synth.manifest, synth.step, "cpu", 1) is None
+    data = copy.deepcopy(synth.manifest.data)
+    data["config"]["sample_rate"] = 96000  # 60 Hz: a lag of 1 600 samples
+    reason = native.why_not(dataclasses.replace(synth.manifest, data=data), synth.step, "cpu", 1)
+    assert reason == "a period input's lags reach 1600 samples, beyond the 1024 the compiled loop keeps"
