@@ -34,6 +34,7 @@ class PeriodHistory:
     def __init__(self, hop: int, longest: int, streams: int, silence: int):
         self.hop, self.streams, self.silence = hop, streams, silence
         self._size = 1 << int(longest).bit_length()  # a ring longer than the longest lag
+        self._streams = np.arange(streams)
         self.reset()
 
     def reset(self) -> None:
@@ -56,8 +57,7 @@ class PeriodHistory:
         if frame >= self._lags.shape[1]:
             raise IndexError(f"sample {self._t} needs the lag of frame {self._t // self.hop}, which has not arrived")
         source = self._t - self._lags[:, frame]
-        rows = np.arange(self.streams)
-        return np.where(source >= 0, self._ring[rows, source % self._size], self.silence)
+        return np.where(source >= 0, self._ring[self._streams, source % self._size], self.silence)
 
     def take(self, n: int) -> np.ndarray:
         """The lags of the next n samples of stream 0, int64 [n], moving past them without their classes: for a

@@ -236,20 +236,23 @@ def test_native_lpc_rows_are_checked_against_litert_at_load(built, monkeypatch):
 
 
 @pytest.mark.parametrize("engine", ["native", "litert"])
-def test_lpc_inputs_rows_change_the_logits(built, tmp_path, engine):
-    # the s and p tables are read: zeroing them moves every teacher-forced logit row (a tiny model's little)
+@pytest.mark.parametrize("model, tables", [("lpcin", ("signal_embedding", "prediction_embedding")),
+                                           ("period", ("period_embedding",))])  # format 4's (test_period.py)
+def test_input_row_tables_change_the_logits(built, tmp_path, engine, model, tables):
+    # the extra row tables are read: zeroing them moves every teacher-forced logit row (a tiny model's little;
+    # the period table's too, though its class is silence's until the first period has passed)
     from edge_runtime.manifest import encode_array
 
-    with np.load(built / "lpcin_reference.npz") as data:
+    with np.load(built / f"{model}_reference.npz") as data:
         classes, mel = data["classes"][:400], data["mel"]
 
     def zero_tables(d):
-        for name in ("signal_embedding", "prediction_embedding"):
+        for name in tables:
             shape = d["tables"][name]["shape"]
             d["tables"][name] = encode_array(np.zeros(shape, np.float32))
 
-    plain = Synthesizer.load(edited_model(built / "lpcin_float32", tmp_path, zero_tables), engine=engine)
-    logits = Synthesizer.load(built / "lpcin_float32", engine=engine).teacher_forced_logits(classes, mel, "alice")
+    plain = Synthesizer.load(edited_model(built / f"{model}_float32", tmp_path, zero_tables), engine=engine)
+    logits = Synthesizer.load(built / f"{model}_float32", engine=engine).teacher_forced_logits(classes, mel, "alice")
     zeroed = plain.teacher_forced_logits(classes, mel, "alice")
     moved = np.abs(logits - zeroed).max(axis=1) / np.ptp(logits)  # per row; the engines agree to ~1e-7
     assert moved.min() > 1e-4 and moved.mean() > 1e-3, (moved.min(), moved.mean())
