@@ -96,13 +96,65 @@ def conditioner_graph(model, weights: dict, batch: int, chunk_frames: int) -> by
     return convert(make_conditioner_function(model, weights, batch, chunk_frames), "float32")
 
 
-def postfilters(cfg: Config) -> dict | list | None:
+FORMANT_HELP = ("The formant postfilter A(z/n)/A(z/d) of an LPC model as N,D (0 <= N <= D < 1; e.g. 0.7,0.75), "
+                "run after the LPC synthesis filter (default: none).")
+
+
+def postfilters(cfg: Config, formant: tuple[float, float] | None = None) -> dict | list | None:
     """The manifest's ``postfilter``: what the runtime does to the model's samples, in order. An excitation
-    model's samples go through the LPC synthesis filter; a pre-emphasised model's are de-emphasised. One filter
-    is written as an object (the form older runtimes read), two as a list."""
+    model's samples go through the LPC synthesis filter, then, given ``formant`` (numerator and denominator
+    gammas), the formant postfilter (edge_runtime/postfilter.py); a pre-emphasised model's are de-emphasised.
+    One filter is written as an object (the form older runtimes read), more as a list."""
     filters = ([{"type": "lpc", "order": cfg.lpc_order, "gamma": cfg.lpc_gamma}] if cfg.lpc_order else []) + (
+        [{"type": "formant", "numerator": formant[0], "denominator": formant[1]}] if formant else []) + (
         [{"type": "deemphasis", "coefficient": cfg.preemphasis}] if cfg.preemphasis else [])
     return filters[0] if len(filters) == 1 else filters or None
+
+
+def check_formant(formant: tuple[float, float] | None, cfg: Config | None = None) -> None:
+    """Raises ExportError for formant postfilter gammas the runtime would refuse (with ``cfg``: or a model it
+    cannot shape, one without LPC)."""
+    if formant is None:
+        return
+    if len(formant) != 2 or not 0 <= formant[0] <= formant[1] < 1:
+        raise ExportError(f"the formant postfilter needs 0 <= numerator <= denominator < 1, got {formant}")
+    if cfg is not None and not cfg.lpc_order:
+        raise ExportError("the formant postfilter shapes with the LPC filter: this model has none (lpc_order 0)")
+
+
+def parse_formant(text: str | None) -> tuple[float, float] | None:
+    """``"NUMERATOR,DENOMINATOR"`` (the command lines' form; ``off`` or None: no formant postfilter), checked."""
+    if text is None or text.strip().lower() == "off":
+        return None
+    try:
+        formant = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        formant = ()
+    if len(formant) != 2:
+        raise ExportError(f"the formant postfilter takes two gammas, NUMERATOR,DENOMINATOR (e.g. 0.7,0.75), "
+                          f"got {text!r}")
+    check_formant(formant)
+    return formant
+
+
+def set_formant(folder: str | os.PathLike, formant: tuple[float, float] | None) -> None:
+    """Rewrites an exported model folder's postfilter chain with (or, given None, without) the formant
+    postfilter; the manifest is replaced in one rename, and the folder is loaded back as a check."""
+    from edge_runtime.manifest import load_manifest
+
+    manifest = load_manifest(folder)
+    data = dict(manifest.data)
+    cfg = Config.from_dict(data["config"])
+    check_formant(formant, cfg)
+    data["postfilter"] = postfilters(cfg, formant)
+    path = Path(folder) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    load_manifest(folder)
 
 
 def format_version(cfg: Config) -> int:
@@ -131,7 +183,8 @@ def state_scaling(weights: dict, fake_quant: bool) -> dict:
 
 
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
-                       cond_bytes: bytes | None, calibration, source: dict, sampling: dict | None = None) -> None:
+                       cond_bytes: bytes | None, calibration, source: dict, sampling: dict | None = None,
+                       formant: tuple[float, float] | None = None) -> None:
     """Converts the step graph for one variant and writes it, the conditioner and the manifest into ``folder``."""
     from convert.tflite import convert
     from edge_runtime.interpreter import graph_details
@@ -170,7 +223,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                   **state_scaling(weights, step_fake_quant)},
         "step": {"file": "step.tflite", "ops": graph_details(step_bytes)[0], **port_info(step_bytes)},
         "conditioner": conditioner,
-        "postfilter": postfilters(cfg),
+        "postfilter": postfilters(cfg, formant),
         "sampling": sampling or {},
         "tables": {"embedding": encode_array(state_embedding(weights, step_fake_quant).astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None
@@ -202,7 +255,7 @@ def quality(folder: Path, cases: Path) -> dict:
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str = "dynamic", *, batch: int = 1,
            checkpoint: str = "best", calibration_data: str | None = None, force: bool = False,
            chunk_frames: int = DEFAULT_CHUNK_FRAMES, eval_samples: int = 200_000, temperature: float | None = None,
-           log=print) -> dict:
+           formant: tuple[float, float] | None = None, log=print) -> dict:
     """Exports one or all variants of a run's checkpoint (EMA weights); returns the quality report.
 
     Args:
@@ -217,15 +270,18 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         eval_samples: at most this many samples scored per variant for the report.
         temperature: the sampling temperature to recommend in the manifest (chosen by listening tests or the
             quality report; the runtime's default when a caller gives none).
+        formant: the formant postfilter's (numerator, denominator) gammas (an LPC model; None: no postfilter).
         log: where progress lines go.
     """
     from training.step import step_weights
 
     out_dir = Path(out_dir)
     variants = check_request(out_dir, quantize, batch, chunk_frames, temperature, force)
+    check_formant(formant)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)  # left by killed exports (their process is gone)
     model, config, ckpt = load_model(run_dir, checkpoint)
+    check_formant(formant, config)
     utterances = validation_utterances(Path(run_dir), config, calibration_data)
     weights = step_weights(model)
     # the int8 graph of a per-layer QAT run stores layer l's state rows x its gain: so do the calibration inputs
@@ -248,7 +304,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         for variant, folder in folders.items():
             log(f"converting {variant} ...")
             write_model_folder(folder, model, weights, variant, batch, chunk_frames, cond_bytes, calibration, source,
-                               sampling)
+                               sampling, formant)
             report["variants"][variant] = quality(folder, cases) if batch == 1 else {
                 "file_bytes": {p.name: p.stat().st_size for p in sorted(folder.glob("*.tflite"))},
                 "note": "quality is measured on batch-1 exports"}
@@ -365,6 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="Mel frames per conditioner call.")
     parser.add_argument("--eval-samples", type=int, default=200_000, help="Samples scored per variant for the report.")
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature the manifest recommends.")
+    parser.add_argument("--formant-postfilter", default=None, help=FORMANT_HELP)
     parser.add_argument("--force", action="store_true", help="Replace an existing model folder.")
     args = parser.parse_args(argv)
     from edge_runtime.interpreter import quiet_native_stderr
@@ -375,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         report = export(args.run_dir, args.out_dir, args.quantize, batch=args.batch, checkpoint=args.checkpoint,
                         calibration_data=args.calibration_data, force=args.force, chunk_frames=args.chunk_frames,
                         eval_samples=args.eval_samples, temperature=args.temperature,
+                        formant=parse_formant(args.formant_postfilter),
                         log=lambda m: print(m, file=sys.stderr))
     except (OSError, WavenetEdgeError) as e:
         hint = OutputExists.HINT if isinstance(e, OutputExists) else ""

@@ -181,24 +181,31 @@ class Synthesis:
         self._t += 1
         return s
 
+    def ahead(self, n: int) -> np.ndarray:
+        """The coefficients of the next n samples per stream, float64 [B, n, p], without moving past them."""
+        return self._coefficients[:, self._frames(n)]
+
     def take(self, n: int) -> np.ndarray:
         """The coefficients of the next n samples of stream 0, float64 [n, p], moving past them unfiltered: for a
         loop that runs this filter itself (the native engine)."""
+        rows = np.ascontiguousarray(self._coefficients[0, self._frames(n)])
+        self._t += n
+        return rows
+
+    def _frames(self, n: int) -> np.ndarray:
+        """Indices into the held coefficients of the next n samples' frames (IndexError if one has not arrived)."""
         frames = (self._t - self._first * self.hop + np.arange(n)) // self.hop
         if n and frames[-1] >= self._coefficients.shape[1]:
             raise IndexError(f"sample {self._t + n - 1} needs LPC frame {(self._t + n - 1) // self.hop}, "
                              "which has not arrived")
-        self._t += n
-        return np.ascontiguousarray(self._coefficients[0, frames])
+        return frames
 
     def __call__(self, chunk: np.ndarray) -> np.ndarray:
         """Filters the next samples: [n] (one stream) or [n, B]; float64 [n, B] out (not clipped)."""
         n = chunk.shape[0]
         out = np.array(np.asarray(chunk, np.float64).reshape(n, self.streams).T, order="C")  # [B, n], a copy
         offset = self._t - self._first * self.hop
-        if n and (offset + n - 1) // self.hop >= self._coefficients.shape[1]:
-            raise IndexError(f"sample {self._t + n - 1} needs LPC frame {(self._t + n - 1) // self.hop}, "
-                             "which has not arrived")
+        self._frames(n)  # every frame has arrived
         for b in range(self.streams):
             coefficients = np.ascontiguousarray(self._coefficients[b])
             if self._kernel is not None:

@@ -97,6 +97,7 @@ class Manifest:
     deemphasis: float = 0.0  # the postfilter's coefficient (0: the model's samples are the audio)
     temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
     lpc_order: int = 0  # the LPC synthesis postfilter's order (0: the model's samples are not an excitation)
+    formant: tuple[float, float] | None = None  # the formant postfilter's (numerator, denominator) gammas, or None
     # float32 [classes, R] x 2 (format 3): the s and p tables; x 3 (format 4): and the period table
     lpc_inputs: tuple[np.ndarray, ...] | None = None
     input_peak: float = 0.0  # the peak recordings are scaled to before their log-mel (config normalize_peak; 0: none)
@@ -184,9 +185,9 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
         raise ModelError(f"{path}: embedding table missing or not 2-D")
     bias = tables.get("speaker_bias")
     speaker_bias = decode_array(bias, "speaker_bias") if bias else None
-    deemphasis, lpc_order, temperature = _output_settings(data, path)
+    deemphasis, lpc_order, formant, temperature = _output_settings(data, path)
     return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
-                    embedding, speaker_bias, deemphasis, temperature, lpc_order,
+                    embedding, speaker_bias, deemphasis, temperature, lpc_order, formant,
                     _lpc_input_tables(data, lpc_order, embedding.shape, path), _input_peak(data, path))
 
 
@@ -222,12 +223,12 @@ def _lpc_input_tables(data: dict, lpc_order: int, shape: tuple, path: Path):
     return found
 
 
-POSTFILTERS = ("lpc", "deemphasis")  # in the order the runtime applies them to the model's samples
+POSTFILTERS = ("lpc", "formant", "deemphasis")  # in the order the runtime applies them to the model's samples
 
 
-def _output_settings(data: dict, path: Path) -> tuple[float, int, float | None]:
-    """(de-emphasis coefficient, LPC order, recommended temperature) from the optional ``postfilter`` (one filter
-    or a list, checked against the model's config) and ``sampling``."""
+def _output_settings(data: dict, path: Path) -> tuple[float, int, tuple[float, float] | None, float | None]:
+    """(de-emphasis coefficient, LPC order, formant postfilter's gammas, recommended temperature) from the
+    optional ``postfilter`` (one filter or a list, checked against the model's config) and ``sampling``."""
     post = data.get("postfilter")
     filters = post if isinstance(post, list) else [] if post is None else [post]
     kinds = [f.get("type") if isinstance(f, dict) else None for f in filters]
@@ -252,6 +253,7 @@ def _output_settings(data: dict, path: Path) -> tuple[float, int, float | None]:
             cfg.get("n_mels", 0) > 0 and order < cfg.get("hop_length", 0))):
         raise ModelError(f"{path}: LPC postfilter (order {order}, gamma {lpc_filter.get('gamma')}) does not match the "
                          f"model's lpc_order {cfg.get('lpc_order', 0)}, lpc_gamma {cfg.get('lpc_gamma')}")
+    formant = _formant(given.get("formant"), order, path)
     sampling = data.get("sampling") or {}
     if not isinstance(sampling, dict):
         raise ModelError(f"{path}: sampling must be an object, got {sampling!r}")
@@ -259,7 +261,22 @@ def _output_settings(data: dict, path: Path) -> tuple[float, int, float | None]:
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or not 0 <= temperature < 100):
         raise ModelError(f"{path}: sampling temperature must be a number in [0, 100), got {temperature!r}")
-    return float(alpha), order, None if temperature is None else float(temperature)
+    return float(alpha), order, formant, None if temperature is None else float(temperature)
+
+
+def _formant(entry: dict | None, lpc_order: int, path: Path) -> tuple[float, float] | None:
+    """The formant postfilter's (numerator, denominator) gammas: 0 <= numerator <= denominator < 1, on an LPC
+    model only (it shapes with the frame's LPC filter)."""
+    if entry is None:
+        return None
+    if not lpc_order:
+        raise ModelError(f"{path}: the formant postfilter needs an LPC model (an lpc postfilter)")
+    gammas = (entry.get("numerator"), entry.get("denominator"))
+    if (any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in gammas)
+            or not 0 <= gammas[0] <= gammas[1] < 1):
+        raise ModelError(f"{path}: the formant postfilter needs numbers 0 <= numerator <= denominator < 1, "
+                         f"got {gammas[0]!r}, {gammas[1]!r}")
+    return float(gammas[0]), float(gammas[1])
 
 
 def cfg_dilations(cfg: dict) -> list[int]:

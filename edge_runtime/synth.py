@@ -17,13 +17,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from edge_runtime import lpc, native
-from edge_runtime.audio import Deemphasis, mu_law_decode, scale_to_peak
+from edge_runtime.audio import mu_law_decode, scale_to_peak
 from edge_runtime.conditioner import Conditioner
 from edge_runtime.errors import InputError, ModelError
 from edge_runtime.features import conditioning_frames, frame_width
 from edge_runtime.graph import Graph
 from edge_runtime.files import default_model_dir, example_clips  # noqa: F401 (public API: edge_runtime/__init__.py)
 from edge_runtime.manifest import Manifest, cfg_dilations, load_manifest, malformed_is_model_error
+from edge_runtime.postfilter import OutputChain
 from edge_runtime.step_inputs import GateInputs, ring_index
 
 SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
@@ -71,12 +72,8 @@ class Synthesizer:
             self._requant = ins["state"].quantize(outs["new_state"].dequantize(codes))
         self._embedding = ins["state"].quantize(manifest.embedding)  # [classes, R] in the state's domain
         self._decode = mu_law_decode(np.arange(self.classes), self.classes)
-        self._deemphasis = Deemphasis(manifest.deemphasis, self.batch)
-        # an excitation model: its samples go through the LPC synthesis filter of the mel's envelope first
-        self._lpc = None if not manifest.lpc_order else lpc.Synthesis(manifest.lpc_order, int(cfg["hop_length"]),
-                                                                      self.batch)
-        if self._lpc is not None:  # the front-end fields the predictor reads: a bad one fails here, not mid-stream
-            lpc.coefficients_for(np.zeros((1, int(cfg["n_mels"]))), cfg)
+        # an excitation model's samples go through the LPC synthesis filter of the mel's envelope, then the rest
+        self._postfilters = OutputChain(manifest, self.batch)
         # LPCNet's inputs (format 3): layer 0's row also holds the filter's signal and next prediction (and, format
         # 4, the excitation one period back)
         self._rows = lpc.input_rows(manifest, ins["state"], self.batch)
@@ -178,10 +175,9 @@ class Synthesizer:
             self._native.reset()
         self._t = 0
         self._prev = np.full(self.batch, SILENCE, np.int64)
-        self._deemphasis.reset()
-        for stage in (self._lpc, self._rows):
-            if stage is not None:
-                stage.reset()
+        self._postfilters.reset()
+        if self._rows is not None:
+            self._rows.reset()
         if self.use_speaker:
             speakers = speaker if isinstance(speaker, list) else [speaker] * self.batch
             if len(speakers) != self.batch:
@@ -337,7 +333,7 @@ class Synthesizer:
             if mel is None:
                 raise InputError("this model is conditioned on mel frames: give mel frames")
             port = self.step.inputs["cond"]
-            on_frames = None if self._lpc is None else self._add_lpc_frames
+            on_frames = self._add_lpc_frames if self._postfilters.needs_frames else None
             # chunks [n, B, C], each used up before the next
             for chunk in self.conditioner.stream(mel, copy=False, on_frames=on_frames):
                 # Yield at most `block` samples at a time: the first audio then does not wait for a whole
@@ -363,17 +359,14 @@ class Synthesizer:
         k = block.shape[0]
         frames = block.reshape(k * self.batch, -1)
         coefficients = lpc.coefficients_for(frames, self.config).reshape(k, self.batch, -1)
-        self._lpc.add_frames(coefficients)
+        self._postfilters.add_frames(coefficients)
         if self._rows is not None:
             self._rows.add_frames(coefficients, frames)
 
     def _output(self, samples: np.ndarray, squeeze, gain: float) -> np.ndarray:
-        """Generated classes [n, B] -> audio: µ-law decoded, LPC synthesis, de-emphasis (as the manifest says),
-        back to the level of the recording the mel came from."""
-        audio = self._decode[samples]
-        if self._lpc is not None:
-            audio = self._lpc(audio)
-        audio = self._deemphasis(squeeze(audio))
+        """Generated classes [n, B] -> audio: µ-law decoded, the manifest's postfilters (LPC synthesis, formant
+        postfilter, de-emphasis), back to the level of the recording the mel came from."""
+        audio = self._postfilters(self._decode[samples], squeeze)
         if gain != 1.0:
             audio = np.clip(audio / gain, -1.0, 1.0)
         return audio if audio.dtype == np.float32 else np.clip(audio, -1.0, 1.0).astype(np.float32)

@@ -1,7 +1,7 @@
 """Exports a trained run as the package's shipped model, with example clips, a model card and a regression number.
 
     python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings [--name pi --float16 no]
-        [--int8-from runs/s_fsdd_qat]
+        [--int8-from runs/s_fsdd_qat] [--temperature 0.5 --formant-postfilter 0.7,0.75]
 
 A checkpoint of a longer or still running run ships through ``tools/snapshot_run.py`` (a finished run of that step).
 
@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import export, portable_data, replace_folder  # noqa: E402
+from convert.export import FORMANT_HELP, export, parse_formant, portable_data, replace_folder  # noqa: E402
+from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from edge_runtime.files import portable_path  # noqa: E402
 from training.checkpoint import load_model, read_log, read_run_info, read_state, write_json_atomic  # noqa: E402
 from training.config import Config  # noqa: E402
@@ -172,10 +173,11 @@ def check_qat_source(qat_run: Path, run: Path, checkpoint: str) -> None:
                          f"not the shipped {run} {checkpoint}")
 
 
-def int8_from_qat(qat_run: Path, out: Path, report: dict, temperature: float | None) -> dict:
-    """Exports the QAT run's last checkpoint as int8; its NLL against the float run's TF float32 NLL (the export
-    scores the same validation samples for both runs: same data split, same count)."""
-    qat = export(qat_run, out, "int8", checkpoint="last", temperature=temperature)
+def int8_from_qat(qat_run: Path, out: Path, report: dict, runtime: dict) -> dict:
+    """Exports the QAT run's last checkpoint as int8 (with the ``runtime`` settings of the float export: temperature,
+    formant postfilter); its NLL against the float run's TF float32 NLL (the export scores the same validation
+    samples for both runs: same data split, same count)."""
+    qat = export(qat_run, out, "int8", checkpoint="last", **runtime)
     int8, float_tf = qat["variants"]["int8"], report["tensorflow_float32"]
     if int8["samples"] != float_tf["samples"]:
         raise SystemExit(f"error: {qat_run} was scored on {int8['samples']} samples, the float run on "
@@ -210,11 +212,16 @@ def main() -> None:
     parser.add_argument("--name", default="default", help="Folder name of the shipped voice.")
     parser.add_argument("--float16", choices=("yes", "no"), default="yes", help="Also ship NAME-float16.")
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature to recommend.")
+    parser.add_argument("--formant-postfilter", default=None, metavar="N,D", help=FORMANT_HELP)
     parser.add_argument("--int8-from", type=Path, default=None,
                         help="A QAT run of RUN's shipped checkpoint: its int8 export is the NAME-int8 candidate.")
     args = parser.parse_args()
     prefix = "" if args.name == "default" else f"{args.name}."
 
+    try:
+        runtime = {"temperature": args.temperature, "formant": parse_formant(args.formant_postfilter)}
+    except WavenetEdgeError as e:
+        raise SystemExit(f"error: {first_line(e)}") from None
     info = read_run_info(args.run)
     data = portable_data(info.get("data", {}), base=REPO)  # shipped files hold no absolute path of this machine
     model, config, ckpt = load_model(args.run, args.checkpoint)
@@ -225,11 +232,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent) as tmp:
         tmp = Path(tmp)
-        report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint, temperature=args.temperature)
+        report = export(args.run, tmp / "all", "all", checkpoint=args.checkpoint, **runtime)
         folders = {variant: tmp / "all" / variant for variant in ("dynamic", "float16", "int8")}
         int8 = report["variants"]["int8"]
         if args.int8_from:
-            int8 = report["int8_from"] = int8_from_qat(args.int8_from, tmp / "qat", report, args.temperature)
+            int8 = report["int8_from"] = int8_from_qat(args.int8_from, tmp / "qat", report, runtime)
             folders["int8"] = tmp / "qat"
         ship = {args.name: "dynamic"}
         if args.float16 == "yes":

@@ -5,7 +5,7 @@
 OUT_DIR/data (generated two-speaker audio), OUT_DIR/val (its validation files), OUT_DIR/run (a tiny model
 trained for a few seconds), OUT_DIR/models/{float32,float16,dynamic,int8} (exported), OUT_DIR/models_b2
 (dynamic, batch 2), OUT_DIR/uncond (a tiny model without conditioning, float32), OUT_DIR/emph (pre-emphasis,
-float32), OUT_DIR/lpc (LPC excitation + pre-emphasis, float32), OUT_DIR/lpcin_{float32,int8} (LPCNet's inputs
+float32), OUT_DIR/lpc (LPC excitation + pre-emphasis, float32; OUT_DIR/lpc_formant: with the formant postfilter), OUT_DIR/lpcin_{float32,int8} (LPCNet's inputs
 too: format 3), OUT_DIR/period_{float32,int8} (and the excitation one period back: format 4),
 OUT_DIR/reference.npz (the validation utterances and the float32 TF model's teacher-forced
 logits) and OUT_DIR/tf_eval.json.
@@ -73,6 +73,8 @@ def main(out: Path) -> None:
     excit = Config.preset("tiny", seed=4, steps=60, preemphasis=0.85, lpc_order=8, val_every=60, checkpoint_every=60)
     train(excit, DataArgs(str(data), val_regex=r"_[01]\.wav$"), out / "lpc_run", **quiet)
     export(out / "lpc_run", out / "lpc", "float32", log=lambda m: None)
+    # the same model with the formant postfilter after the LPC synthesis filter
+    export(out / "lpc_run", out / "lpc_formant", "float32", formant=(0.6, 0.8), log=lambda m: None)
     model, cfg, _ = load_model(out / "lpc_run")
     nll, count = NLLScorer(model, cfg)(load_utterances(out / "val", cfg))
     (out / "lpc_tf_eval.json").write_text(json.dumps({"nll_bits_per_sample": nll, "samples": count}))

@@ -276,7 +276,7 @@ def test_bad_lpc_inputs_manifests_are_model_errors(built, tmp_path, change, mess
     (lambda d: d.update(postfilter=[{"type": "deemphasis", "coefficient": 0.85}]), "does not match the model's lpc"),
     (lambda d: d["postfilter"][0].update(order=12), "does not match the model's lpc"),
     (lambda d: d["postfilter"][0].update(order=True), r"LPC order must be an integer in \[0, 32\]"),
-    (lambda d: d.update(postfilter=d["postfilter"][::-1]), "must be distinct, in the order lpc, deemphasis"),
+    (lambda d: d.update(postfilter=d["postfilter"][::-1]), "must be distinct, in the order lpc, formant, deemphasis"),
     (lambda d: d["postfilter"].append({"type": "comb"}), "unknown postfilter 'comb'"),
 ])
 def test_bad_lpc_postfilters_are_model_errors(built, tmp_path, change, message):

@@ -57,3 +57,49 @@ def test_export_bad_requests(tiny_run, tmp_path):
     assert_clean_error(run_cli("export", str(run_dir), "--out", str(tmp_path / "m2"), "--calibration-data",
                                str(empty)), "no .wav or .flac files")
     assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
+
+
+def test_export_refuses_bad_formant_postfilters_before_writing(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    out = tmp_path / "m"
+    for value, message in [("0.8,0.7", "0 <= numerator <= denominator < 1"), ("0.7", "takes two gammas"),
+                           ("a,b", "takes two gammas"),
+                           ("0.7,0.75", "shapes with the LPC filter: this model has none")]:  # tiny: no LPC
+        assert_clean_error(run_cli("export", str(run_dir), "--out", str(out), "--formant-postfilter", value), message)
+        assert not out.exists() and not list(tmp_path.glob(".m*"))
+
+
+def test_set_postfilter_changes_only_the_chain_all_folders_or_none(tiny_run, tmp_path):
+    """tools/set_postfilter.py on copies of the shipped `pi` voice (an LPC model) and a tiny model without LPC."""
+    import shutil
+
+    from convert.export import export
+    from edge_runtime.manifest import load_manifest
+
+    voices = [tmp_path / "a", tmp_path / "b"]
+    for v in voices:
+        shutil.copytree(REPO / "edge_runtime" / "models" / "pi", v)
+    original = (voices[0] / "manifest.json").read_bytes()
+    plain = tmp_path / "plain"
+    export(tiny_run[0], plain, "float32", eval_samples=500, log=lambda m: None)
+
+    def tool(*args):
+        return subprocess.run([sys.executable, "tools/set_postfilter.py", *map(str, args)], cwd=REPO,
+                              capture_output=True, text=True)
+
+    assert_clean_error(tool(*voices, plain, "--formant", "0.7,0.75"), "this model has none (lpc_order 0)")
+    assert_clean_error(tool(*voices, "--formant", "0.9,0.75"), "numerator <= denominator")
+    assert all((v / "manifest.json").read_bytes() == original for v in voices)  # checked before any was changed
+    r = tool(*voices, "--formant", "0.7,0.75")
+    assert r.returncode == 0, r.stderr
+    for v in voices:
+        manifest = load_manifest(v)  # checksums verified: the graphs are untouched
+        assert manifest.formant == (0.7, 0.75)
+        before, after = json.loads(original), manifest.data
+        assert after["postfilter"] == [before["postfilter"][0], {"type": "formant", "numerator": 0.7,
+                                                                 "denominator": 0.75}, before["postfilter"][1]]
+        assert {k: x for k, x in after.items() if k != "postfilter"} == {k: x for k, x in before.items()
+                                                                         if k != "postfilter"}
+        assert not list(v.glob(".manifest*"))
+    assert tool(voices[0], "--formant", "off").returncode == 0
+    assert (voices[0] / "manifest.json").read_bytes() == original  # the exporter's own bytes again
