@@ -182,6 +182,18 @@ def synth(model_dir, wav, mel, seconds, speaker, temperature, seed, out, play, r
                f"(load {t0 - t_load:.2f} s) {extra}".rstrip(), err=True)
 
 
+def postfilter_chain(manifest) -> list[str]:
+    """What the runtime does to the decoded samples, in order, as the manifest says (``info``)."""
+    cfg, chain = manifest.config, []
+    if manifest.lpc_order:
+        chain.append(f"LPC synthesis (order {manifest.lpc_order}, gamma {cfg.get('lpc_gamma')})")
+    if manifest.formant is not None:
+        chain.append("formant postfilter ({}/{})".format(*manifest.formant))
+    if manifest.deemphasis:
+        chain.append(f"de-emphasis {manifest.deemphasis}")
+    return chain
+
+
 @click.command()
 @click.argument("model_dir", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -203,7 +215,8 @@ def info(model_dir, as_json):
     summary = {"folder": str(manifest.folder), "variant": data["variant"], "batch": data["batch"],
                "sample_rate": data["sample_rate"], "speakers": manifest.speakers, "preset": cfg["name"],
                "layers": f"{cfg['stacks']} x {cfg['layers_per_stack']}", "receptive_field": data["receptive_field"],
-               "state_rows": len(data["state"]["rows"]), "producer": data["producer"], "graphs": graphs}
+               "state_rows": len(data["state"]["rows"]), "producer": data["producer"], "graphs": graphs,
+               "postfilter": postfilter_chain(manifest), "temperature": manifest.temperature}
     if as_json:
         click.echo(json.dumps(summary, indent=1))
         return
@@ -211,6 +224,8 @@ def info(model_dir, as_json):
                f"receptive field {summary['receptive_field']}, {summary['sample_rate']} Hz, batch {summary['batch']}")
     click.echo(f"speakers: {', '.join(summary['speakers']) or '(none)'}; from {data['producer'].get('checkpoint')} "
                f"(step {data['producer'].get('step')}), {data['producer'].get('package')}")
+    click.echo(f"output: {' -> '.join(summary['postfilter']) or 'the decoded samples'}; sampling temperature "
+               f"{'0.5 (the runtime default)' if manifest.temperature is None else manifest.temperature}")
     for name, g in graphs.items():
         click.echo(f"{name}: {g['file']} {g['bytes']:,} bytes; ops " + ", ".join(f"{k} {v}" for k, v in g["ops"].items()))
         for kind in ("inputs", "outputs"):

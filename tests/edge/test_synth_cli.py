@@ -126,6 +126,10 @@ def test_eval_and_info(built):
     r = run_cli("info", str(built / "models/int8"))
     assert r.returncode == 0, r.stderr
     assert "int8 tiny WaveNet, 1 x 4 layers, receptive field 16" in r.stdout and "FULLY_CONNECTED 10" in r.stdout
+    assert "output: the decoded samples; sampling temperature 0.5 (the runtime default)" in r.stdout
+    r = run_cli("info", str(built / "lpc_formant"), "--json")
+    assert json.loads(r.stdout)["postfilter"] == ["LPC synthesis (order 8, gamma 0.9)", "formant postfilter (0.6/0.8)",
+                                                  "de-emphasis 0.85"]
 
 
 def test_edge_commands_work_where_tensorflow_cannot_be_imported(built, clip, tmp_path):
