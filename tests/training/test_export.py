@@ -90,16 +90,20 @@ def test_set_postfilter_changes_only_the_chain_all_folders_or_none(tiny_run, tmp
     assert_clean_error(tool(*voices, plain, "--formant", "0.7,0.75"), "this model has none (lpc_order 0)")
     assert_clean_error(tool(*voices, "--formant", "0.9,0.75"), "numerator <= denominator")
     assert all((v / "manifest.json").read_bytes() == original for v in voices)  # checked before any was changed
-    r = tool(*voices, "--formant", "0.7,0.75")
+    r = tool(*voices, "--formant", "0.6,0.8")
     assert r.returncode == 0, r.stderr
+    before = json.loads(original)
+    lpc, deemphasis = before["postfilter"][0], before["postfilter"][-1]
+    assert (lpc["type"], deemphasis["type"]) == ("lpc", "deemphasis")
     for v in voices:
         manifest = load_manifest(v)  # checksums verified: the graphs are untouched
-        assert manifest.formant == (0.7, 0.75)
-        before, after = json.loads(original), manifest.data
-        assert after["postfilter"] == [before["postfilter"][0], {"type": "formant", "numerator": 0.7,
-                                                                 "denominator": 0.75}, before["postfilter"][1]]
+        assert manifest.formant == (0.6, 0.8)
+        after = manifest.data
+        assert after["postfilter"] == [lpc, {"type": "formant", "numerator": 0.6, "denominator": 0.8}, deemphasis]
         assert {k: x for k, x in after.items() if k != "postfilter"} == {k: x for k, x in before.items()
                                                                          if k != "postfilter"}
         assert not list(v.glob(".manifest*"))
     assert tool(voices[0], "--formant", "off").returncode == 0
-    assert (voices[0] / "manifest.json").read_bytes() == original  # the exporter's own bytes again
+    assert load_manifest(voices[0]).formant is None and load_manifest(voices[0]).data["postfilter"] == [lpc, deemphasis]
+    assert tool(voices[0], "--formant", "0.7,0.75").returncode == 0
+    assert (voices[0] / "manifest.json").read_bytes() == original  # the shipped voice's own bytes again
