@@ -30,7 +30,7 @@ import numpy as np
 from convert.calibration import calibration_samples
 from edge_runtime.errors import WavenetEdgeError, first_line
 from edge_runtime.evaluate import log_softmax, nll_nats
-from edge_runtime.files import portable_path, remove_stale_temporaries
+from edge_runtime.files import portable_path, remove_stale_temporaries, write_text_atomic
 from edge_runtime.manifest import (FORMAT, FORMAT_VERSION, LPC_INPUT_TABLES, LPC_INPUTS_VERSION, MANIFEST,
                                    PERIOD_INPUT_VERSION, PERIOD_TABLE, encode_array, sha256_file)
 from training.checkpoint import load_model, read_run_info, read_state
@@ -147,13 +147,7 @@ def set_formant(folder: str | os.PathLike, formant: tuple[float, float] | None) 
     cfg = Config.from_dict(data["config"])
     check_formant(formant, cfg)
     data["postfilter"] = postfilters(cfg, formant)
-    path = Path(folder) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(Path(folder) / MANIFEST, json.dumps(data, indent=1) + "\n")
     load_manifest(folder)
 
 
