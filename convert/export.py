@@ -100,14 +100,22 @@ FORMANT_HELP = ("The formant postfilter A(z/n)/A(z/d) of an LPC model as N,D (0 
                 "run after the LPC synthesis filter (default: none).")
 
 
-def postfilters(cfg: Config, formant: tuple[float, float] | None = None) -> dict | list | None:
+MEL_MATCH_HELP = ("The mel-matching postfilter's largest gain in dB (0 < DB <= 60; e.g. 12): each frame's mel bands "
+                  "pulled to the conditioning log-mel, last in the chain (default: none).")
+
+
+def postfilters(cfg: Config, formant: tuple[float, float] | None = None,
+                mel_match: float | None = None) -> dict | list | None:
     """The manifest's ``postfilter``: what the runtime does to the model's samples, in order. An excitation
     model's samples go through the LPC synthesis filter, then, given ``formant`` (numerator and denominator
-    gammas), the formant postfilter (edge_runtime/postfilter.py); a pre-emphasised model's are de-emphasised.
-    One filter is written as an object (the form older runtimes read), more as a list."""
+    gammas), the formant postfilter (edge_runtime/postfilter.py); a pre-emphasised model's are de-emphasised;
+    given ``mel_match`` (the largest gain in dB), the audio's mel bands are pulled to the conditioning frames
+    (edge_runtime/melmatch.py). One filter is written as an object (the form older runtimes read), more as a
+    list."""
     filters = ([{"type": "lpc", "order": cfg.lpc_order, "gamma": cfg.lpc_gamma}] if cfg.lpc_order else []) + (
         [{"type": "formant", "numerator": formant[0], "denominator": formant[1]}] if formant else []) + (
-        [{"type": "deemphasis", "coefficient": cfg.preemphasis}] if cfg.preemphasis else [])
+        [{"type": "deemphasis", "coefficient": cfg.preemphasis}] if cfg.preemphasis else []) + (
+        [{"type": "mel_match", "max_gain_db": mel_match}] if mel_match is not None else [])
     return filters[0] if len(filters) == 1 else filters or None
 
 
@@ -120,6 +128,18 @@ def check_formant(formant: tuple[float, float] | None, cfg: Config | None = None
         raise ExportError(f"the formant postfilter needs 0 <= numerator <= denominator < 1, got {formant}")
     if cfg is not None and not cfg.lpc_order:
         raise ExportError("the formant postfilter shapes with the LPC filter: this model has none (lpc_order 0)")
+
+
+def check_mel_match(max_gain_db: float | None, cfg: Config | None = None) -> None:
+    """Raises ExportError for a mel-matching gain the runtime would refuse (with ``cfg``: or a model without mel
+    frames that overlap twice)."""
+    if max_gain_db is None:
+        return
+    if not 0 < max_gain_db <= 60:
+        raise ExportError(f"the mel-matching postfilter needs 0 < max gain <= 60 dB, got {max_gain_db}")
+    if cfg is not None and not (cfg.n_mels and 0 < 2 * cfg.hop_length <= cfg.win_length <= cfg.n_fft):
+        raise ExportError("the mel-matching postfilter needs a mel-conditioned model with 2 * hop_length <= "
+                          "win_length <= n_fft")
 
 
 def parse_formant(text: str | None) -> tuple[float, float] | None:
@@ -137,16 +157,35 @@ def parse_formant(text: str | None) -> tuple[float, float] | None:
     return formant
 
 
-def set_formant(folder: str | os.PathLike, formant: tuple[float, float] | None) -> None:
-    """Rewrites an exported model folder's postfilter chain with (or, given None, without) the formant
-    postfilter; the manifest is replaced in one rename, and the folder is loaded back as a check."""
+def parse_mel_match(text: str | None) -> float | None:
+    """``"DB"`` (the command lines' form; ``off`` or None: no mel matching), checked."""
+    if text is None or text.strip().lower() == "off":
+        return None
+    try:
+        gain = float(text)
+    except ValueError:
+        raise ExportError(f"the mel-matching postfilter takes its largest gain in dB (e.g. 12), got {text!r}") from None
+    check_mel_match(gain)
+    return gain
+
+
+KEEP = object()  # set_postfilters: leave this postfilter as the folder has it
+
+
+def set_postfilters(folder: str | os.PathLike, formant=KEEP, mel_match=KEEP) -> None:
+    """Rewrites an exported model folder's postfilter chain with the given formant postfilter gammas and
+    mel-matching gain (None: without it; :data:`KEEP`: as it is); the manifest is replaced in one rename, and the
+    folder is loaded back as a check."""
     from edge_runtime.manifest import load_manifest
 
     manifest = load_manifest(folder)
     data = dict(manifest.data)
     cfg = Config.from_dict(data["config"])
+    formant = manifest.formant if formant is KEEP else formant
+    mel_match = manifest.mel_match if mel_match is KEEP else mel_match
     check_formant(formant, cfg)
-    data["postfilter"] = postfilters(cfg, formant)
+    check_mel_match(mel_match, cfg)
+    data["postfilter"] = postfilters(cfg, formant, mel_match)
     write_text_atomic(Path(folder) / MANIFEST, json.dumps(data, indent=1) + "\n")
     load_manifest(folder)
 
@@ -178,7 +217,7 @@ def state_scaling(weights: dict, fake_quant: bool) -> dict:
 
 def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: int, chunk_frames: int,
                        cond_bytes: bytes | None, calibration, source: dict, sampling: dict | None = None,
-                       formant: tuple[float, float] | None = None) -> None:
+                       formant: tuple[float, float] | None = None, mel_match: float | None = None) -> None:
     """Converts the step graph for one variant and writes it, the conditioner and the manifest into ``folder``."""
     from convert.tflite import convert
     from edge_runtime.interpreter import graph_details
@@ -217,7 +256,7 @@ def write_model_folder(folder: Path, model, weights: dict, variant: str, batch: 
                   **state_scaling(weights, step_fake_quant)},
         "step": {"file": "step.tflite", "ops": graph_details(step_bytes)[0], **port_info(step_bytes)},
         "conditioner": conditioner,
-        "postfilter": postfilters(cfg, formant),
+        "postfilter": postfilters(cfg, formant, mel_match),
         "sampling": sampling or {},
         "tables": {"embedding": encode_array(state_embedding(weights, step_fake_quant).astype(np.float32)),
                    "speaker_bias": None if weights["speaker_bias"] is None
@@ -249,7 +288,7 @@ def quality(folder: Path, cases: Path) -> dict:
 def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str = "dynamic", *, batch: int = 1,
            checkpoint: str = "best", calibration_data: str | None = None, force: bool = False,
            chunk_frames: int = DEFAULT_CHUNK_FRAMES, eval_samples: int = 200_000, temperature: float | None = None,
-           formant: tuple[float, float] | None = None, log=print) -> dict:
+           formant: tuple[float, float] | None = None, mel_match: float | None = None, log=print) -> dict:
     """Exports one or all variants of a run's checkpoint (EMA weights); returns the quality report.
 
     Args:
@@ -265,6 +304,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         temperature: the sampling temperature to recommend in the manifest (chosen by listening tests or the
             quality report; the runtime's default when a caller gives none).
         formant: the formant postfilter's (numerator, denominator) gammas (an LPC model; None: no postfilter).
+        mel_match: the mel-matching postfilter's largest gain in dB (a mel-conditioned model; None: none).
         log: where progress lines go.
     """
     from training.step import step_weights
@@ -272,10 +312,12 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
     out_dir = Path(out_dir)
     variants = check_request(out_dir, quantize, batch, chunk_frames, temperature, force)
     check_formant(formant)
+    check_mel_match(mel_match)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)  # left by killed exports (their process is gone)
     model, config, ckpt = load_model(run_dir, checkpoint)
     check_formant(formant, config)
+    check_mel_match(mel_match, config)
     utterances = validation_utterances(Path(run_dir), config, calibration_data)
     weights = step_weights(model)
     # the int8 graph of a per-layer QAT run stores layer l's state rows x its gain: so do the calibration inputs
@@ -298,7 +340,7 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, quantize: str
         for variant, folder in folders.items():
             log(f"converting {variant} ...")
             write_model_folder(folder, model, weights, variant, batch, chunk_frames, cond_bytes, calibration, source,
-                               sampling, formant)
+                               sampling, formant, mel_match)
             report["variants"][variant] = quality(folder, cases) if batch == 1 else {
                 "file_bytes": {p.name: p.stat().st_size for p in sorted(folder.glob("*.tflite"))},
                 "note": "quality is measured on batch-1 exports"}
@@ -416,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=200_000, help="Samples scored per variant for the report.")
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature the manifest recommends.")
     parser.add_argument("--formant-postfilter", default=None, help=FORMANT_HELP)
+    parser.add_argument("--mel-match", default=None, metavar="DB", help=MEL_MATCH_HELP)
     parser.add_argument("--force", action="store_true", help="Replace an existing model folder.")
     args = parser.parse_args(argv)
     from edge_runtime.interpreter import quiet_native_stderr
@@ -426,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         report = export(args.run_dir, args.out_dir, args.quantize, batch=args.batch, checkpoint=args.checkpoint,
                         calibration_data=args.calibration_data, force=args.force, chunk_frames=args.chunk_frames,
                         eval_samples=args.eval_samples, temperature=args.temperature,
-                        formant=parse_formant(args.formant_postfilter),
+                        formant=parse_formant(args.formant_postfilter), mel_match=parse_mel_match(args.mel_match),
                         log=lambda m: print(m, file=sys.stderr))
     except (OSError, WavenetEdgeError) as e:
         hint = OutputExists.HINT if isinstance(e, OutputExists) else ""

@@ -98,6 +98,7 @@ class Manifest:
     temperature: float | None = None  # the sampling temperature recommended at export (None: not given)
     lpc_order: int = 0  # the LPC synthesis postfilter's order (0: the model's samples are not an excitation)
     formant: tuple[float, float] | None = None  # the formant postfilter's (numerator, denominator) gammas, or None
+    mel_match: float | None = None  # the mel-matching postfilter's largest gain in dB, or None
     # float32 [classes, R] x 2 (format 3): the s and p tables; x 3 (format 4): and the period table
     lpc_inputs: tuple[np.ndarray, ...] | None = None
     input_peak: float = 0.0  # the peak recordings are scaled to before their log-mel (config normalize_peak; 0: none)
@@ -185,9 +186,9 @@ def _load_manifest(folder: Path, verify: bool) -> Manifest:
         raise ModelError(f"{path}: embedding table missing or not 2-D")
     bias = tables.get("speaker_bias")
     speaker_bias = decode_array(bias, "speaker_bias") if bias else None
-    deemphasis, lpc_order, formant, temperature = _output_settings(data, path)
+    deemphasis, lpc_order, formant, mel_match, temperature = _output_settings(data, path)
     return Manifest(folder, data, safe_member(folder, step_name), safe_member(folder, cond["file"]) if cond else None,
-                    embedding, speaker_bias, deemphasis, temperature, lpc_order, formant,
+                    embedding, speaker_bias, deemphasis, temperature, lpc_order, formant, mel_match,
                     _lpc_input_tables(data, lpc_order, embedding.shape, path), _input_peak(data, path))
 
 
@@ -223,12 +224,15 @@ def _lpc_input_tables(data: dict, lpc_order: int, shape: tuple, path: Path):
     return found
 
 
-POSTFILTERS = ("lpc", "formant", "deemphasis")  # in the order the runtime applies them to the model's samples
+# in the order the runtime applies them to the model's samples
+POSTFILTERS = ("lpc", "formant", "deemphasis", "mel_match")
 
 
-def _output_settings(data: dict, path: Path) -> tuple[float, int, tuple[float, float] | None, float | None]:
-    """(de-emphasis coefficient, LPC order, formant postfilter's gammas, recommended temperature) from the
-    optional ``postfilter`` (one filter or a list, checked against the model's config) and ``sampling``."""
+def _output_settings(data: dict, path: Path) -> tuple[float, int, tuple[float, float] | None, float | None,
+                                                      float | None]:
+    """(de-emphasis coefficient, LPC order, formant postfilter's gammas, mel matching's largest gain,
+    recommended temperature) from the optional ``postfilter`` (one filter or a list, checked against the model's
+    config) and ``sampling``."""
     post = data.get("postfilter")
     filters = post if isinstance(post, list) else [] if post is None else [post]
     kinds = [f.get("type") if isinstance(f, dict) else None for f in filters]
@@ -254,6 +258,7 @@ def _output_settings(data: dict, path: Path) -> tuple[float, int, tuple[float, f
         raise ModelError(f"{path}: LPC postfilter (order {order}, gamma {lpc_filter.get('gamma')}) does not match the "
                          f"model's lpc_order {cfg.get('lpc_order', 0)}, lpc_gamma {cfg.get('lpc_gamma')}")
     formant = _formant(given.get("formant"), order, path)
+    mel_match = _mel_match(given.get("mel_match"), cfg, path)
     sampling = data.get("sampling") or {}
     if not isinstance(sampling, dict):
         raise ModelError(f"{path}: sampling must be an object, got {sampling!r}")
@@ -261,7 +266,7 @@ def _output_settings(data: dict, path: Path) -> tuple[float, int, tuple[float, f
     if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                     or not 0 <= temperature < 100):
         raise ModelError(f"{path}: sampling temperature must be a number in [0, 100), got {temperature!r}")
-    return float(alpha), order, formant, None if temperature is None else float(temperature)
+    return float(alpha), order, formant, mel_match, None if temperature is None else float(temperature)
 
 
 def _formant(entry: dict | None, lpc_order: int, path: Path) -> tuple[float, float] | None:
@@ -277,6 +282,21 @@ def _formant(entry: dict | None, lpc_order: int, path: Path) -> tuple[float, flo
         raise ModelError(f"{path}: the formant postfilter needs numbers 0 <= numerator <= denominator < 1, "
                          f"got {gammas[0]!r}, {gammas[1]!r}")
     return float(gammas[0]), float(gammas[1])
+
+
+def _mel_match(entry: dict | None, cfg: dict, path: Path) -> float | None:
+    """The mel-matching postfilter's largest gain in dB (0 < gain <= 60), on a mel-conditioned model whose frames
+    overlap at least twice (2 * hop_length <= win_length <= n_fft: every sample under two windows)."""
+    if entry is None:
+        return None
+    n_mels, hop, win, n_fft = (cfg.get(k, 0) for k in ("n_mels", "hop_length", "win_length", "n_fft"))
+    if not n_mels or not 0 < 2 * hop <= win <= n_fft:
+        raise ModelError(f"{path}: the mel-matching postfilter needs a mel-conditioned model with 2 * hop_length "
+                         f"<= win_length <= n_fft (n_mels {n_mels}, hop {hop}, window {win}, n_fft {n_fft})")
+    gain = entry.get("max_gain_db")
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain <= 60:
+        raise ModelError(f"{path}: the mel-matching postfilter needs max_gain_db, a number in (0, 60], got {gain!r}")
+    return float(gain)
 
 
 def cfg_dilations(cfg: dict) -> list[int]:

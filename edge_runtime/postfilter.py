@@ -1,7 +1,7 @@
 """What the runtime does to a model's samples after decoding them: the manifest's ``postfilter`` chain.
 
 In order: the LPC synthesis filter (an excitation model: edge_runtime/lpc.py), the formant postfilter, the
-de-emphasis (a pre-emphasised model). Every stage carries its state from one chunk to the next and computes
+de-emphasis (a pre-emphasised model), the mel matching (edge_runtime/melmatch.py). Every stage carries its state from one chunk to the next and computes
 each sample by the same float64 operations however the stream is chunked, so streamed audio equals offline
 audio bit for bit.
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_runtime import lpc
 from edge_runtime.audio import Deemphasis
+from edge_runtime.melmatch import MelMatch
 
 
 class FormantPostfilter:
@@ -59,7 +60,7 @@ class FormantPostfilter:
 
 class OutputChain:
     """Decoded samples [n, B] -> audio, through the manifest's postfilters; :meth:`add_frames` takes each
-    conditioning frame's LPC coefficients as the mel arrives."""
+    conditioning frame (and its LPC coefficients) as the mel arrives, :meth:`flush` ends a stream."""
 
     def __init__(self, manifest, streams: int):
         cfg, order = manifest.config, manifest.lpc_order
@@ -67,31 +68,45 @@ class OutputChain:
         self.synthesis = None if not order else lpc.Synthesis(order, hop, streams)
         self.formant = None if manifest.formant is None else FormantPostfilter(order, hop, streams, *manifest.formant)
         self.deemphasis = Deemphasis(manifest.deemphasis, streams)
+        self.mel_match = None if manifest.mel_match is None else MelMatch(cfg, streams, manifest.mel_match)
         if order:  # the front-end fields the predictor reads: a bad one fails here, not mid-stream
             lpc.coefficients_for(np.zeros((1, int(cfg["n_mels"]))), cfg)
 
     @property
     def needs_frames(self) -> bool:
-        """Whether the chain needs the conditioning frames' LPC coefficients."""
-        return self.synthesis is not None
+        """Whether the chain needs the conditioning frames (:meth:`add_frames`)."""
+        return self.synthesis is not None or self.mel_match is not None
 
     def reset(self) -> None:
         """Silence before the next sample."""
-        for stage in (self.synthesis, self.formant, self.deemphasis):
+        for stage in (self.synthesis, self.formant, self.deemphasis, self.mel_match):
             if stage is not None:
                 stage.reset()
 
-    def add_frames(self, coefficients: np.ndarray) -> None:
-        """LPC coefficients of the next frames, [k, B, p]."""
+    def add_frames(self, coefficients: np.ndarray | None, frames: np.ndarray) -> None:
+        """The next conditioning frames [k, B, width] and their LPC coefficients [k, B, p] (None without LPC)."""
         for stage in (self.synthesis, self.formant):
             if stage is not None:
                 stage.add_frames(coefficients)
+        if self.mel_match is not None:
+            self.mel_match.add_frames(frames)
 
     def __call__(self, audio: np.ndarray, squeeze) -> np.ndarray:
-        """Decoded samples [n, B] -> the chain's output: ``squeeze``-d, float32 in [-1, 1] where de-emphasised
-        (else as the last stage left it)."""
+        """Decoded samples [n, B] -> the chain's output: ``squeeze``-d, float32 in [-1, 1] where de-emphasised or
+        mel-matched (else as the last stage left it). With mel matching, the samples that are final so far."""
         if self.synthesis is not None:
             audio = self.synthesis(audio)
         if self.formant is not None:
             audio = self.formant(audio)
-        return self.deemphasis(squeeze(audio))
+        audio = self.deemphasis(audio)
+        if self.mel_match is not None:
+            audio = _clip(self.mel_match(audio))
+        return squeeze(audio)
+
+    def flush(self, squeeze) -> np.ndarray | None:
+        """The end of a stream: the samples the chain still holds (mel matching's), else None."""
+        return None if self.mel_match is None else squeeze(_clip(self.mel_match.flush()))
+
+
+def _clip(audio: np.ndarray) -> np.ndarray:
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)

@@ -333,7 +333,7 @@ class Synthesizer:
             if mel is None:
                 raise InputError("this model is conditioned on mel frames: give mel frames")
             port = self.step.inputs["cond"]
-            on_frames = self._add_lpc_frames if self._postfilters.needs_frames else None
+            on_frames = self._add_frames if self._postfilters.needs_frames else None
             # chunks [n, B, C], each used up before the next
             for chunk in self.conditioner.stream(mel, copy=False, on_frames=on_frames):
                 # Yield at most `block` samples at a time: the first audio then does not wait for a whole
@@ -341,7 +341,12 @@ class Synthesizer:
                 for start in range(0, chunk.shape[0], block):
                     cond = self._gates.per_sample(chunk[start:start + block], port)
                     n = cond.shape[0]
-                    yield self._output(self._run(n, cond, self._noise(rng, n, temperature), None, None), squeeze, gain)
+                    audio = self._output(self._run(n, cond, self._noise(rng, n, temperature), None, None), squeeze, gain)
+                    if audio.shape[0]:  # mel matching holds the newest samples back until their frames are in
+                        yield audio
+            tail = self._postfilters.flush(squeeze)
+            if tail is not None and tail.shape[0]:
+                yield self._scale(tail, gain)
             return
         if mel is not None:
             raise InputError("this model has no local conditioning: give a number of seconds instead of mel frames")
@@ -353,20 +358,26 @@ class Synthesizer:
             yield self._output(self._run(n, None, self._noise(rng, n, temperature), None, None), squeeze, gain)
             remaining -= n
 
-    def _add_lpc_frames(self, block: np.ndarray) -> None:
-        """The LPC coefficients of conditioning frames [k, B, width] as they arrive, for the postfilter (and the
-        input rows of an lpc_inputs model)."""
+    def _add_frames(self, block: np.ndarray) -> None:
+        """Conditioning frames [k, B, width] as they arrive, with their LPC coefficients (an LPC model), for the
+        postfilters (and the input rows of an lpc_inputs model)."""
         k = block.shape[0]
         frames = block.reshape(k * self.batch, -1)
-        coefficients = lpc.coefficients_for(frames, self.config).reshape(k, self.batch, -1)
-        self._postfilters.add_frames(coefficients)
+        coefficients = None
+        if self.manifest.lpc_order:
+            coefficients = lpc.coefficients_for(frames, self.config).reshape(k, self.batch, -1)
+        self._postfilters.add_frames(coefficients, block)
         if self._rows is not None:
             self._rows.add_frames(coefficients, frames)
 
     def _output(self, samples: np.ndarray, squeeze, gain: float) -> np.ndarray:
         """Generated classes [n, B] -> audio: µ-law decoded, the manifest's postfilters (LPC synthesis, formant
-        postfilter, de-emphasis), back to the level of the recording the mel came from."""
-        audio = self._postfilters(self._decode[samples], squeeze)
+        postfilter, de-emphasis, mel matching), back to the level of the recording the mel came from."""
+        return self._scale(self._postfilters(self._decode[samples], squeeze), gain)
+
+    @staticmethod
+    def _scale(audio: np.ndarray, gain: float) -> np.ndarray:
+        """The chain's output at the level of the recording the mel came from, float32 in [-1, 1]."""
         if gain != 1.0:
             audio = np.clip(audio / gain, -1.0, 1.0)
         return audio if audio.dtype == np.float32 else np.clip(audio, -1.0, 1.0).astype(np.float32)

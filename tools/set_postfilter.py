@@ -1,12 +1,15 @@
-"""Sets (or removes) the formant postfilter of exported LPC model folders, without re-exporting them.
+"""Sets (or removes) the runtime-only postfilters of exported model folders, without re-exporting them.
 
     python tools/set_postfilter.py edge_runtime/models/default edge_runtime/models/pi --formant 0.7,0.75
-    python tools/set_postfilter.py runs/models/x --formant off
+    python tools/set_postfilter.py edge_runtime/models/default --mel-match 12
+    python tools/set_postfilter.py runs/models/x --formant off --mel-match off
 
-Only the manifest's ``postfilter`` chain changes (``convert/export.py:set_formant``: the same chain an export with
-``--formant-postfilter`` writes); the graphs, tables and checksums stay, and each manifest is replaced in one
-rename and loaded back. A bad value or a folder without an LPC model is a one-line error (exit 2), checked for
-every folder before any is changed.
+``--formant`` is the formant postfilter of an LPC model (edge_runtime/postfilter.py), ``--mel-match`` the
+mel-matching postfilter (edge_runtime/melmatch.py); the one not given stays as it is. Only the manifest's
+``postfilter`` chain changes (``convert/export.py:set_postfilters``: the same chain an export with
+``--formant-postfilter`` / ``--mel-match`` writes); the graphs, tables and checksums stay, and each manifest is
+replaced in one rename and loaded back. A bad value or a folder that cannot take a filter is a one-line error
+(exit 2), checked for every folder before any is changed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import check_formant, parse_formant, set_formant  # noqa: E402
+from convert.export import (  # noqa: E402
+    KEEP, check_formant, check_mel_match, parse_formant, parse_mel_match, set_postfilters)
 from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from edge_runtime.manifest import load_manifest  # noqa: E402
 from training.config import Config  # noqa: E402
@@ -27,18 +31,28 @@ from training.config import Config  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", type=Path, help="Exported model folders.")
-    parser.add_argument("--formant", required=True, help="NUMERATOR,DENOMINATOR gammas (e.g. 0.7,0.75), or off.")
+    parser.add_argument("--formant", default=None, help="NUMERATOR,DENOMINATOR gammas (e.g. 0.7,0.75), or off.")
+    parser.add_argument("--mel-match", default=None, help="The largest gain in dB (e.g. 12), or off.")
     args = parser.parse_args(argv)
+    if args.formant is None and args.mel_match is None:
+        print("error: give --formant and/or --mel-match", file=sys.stderr)
+        return 2
     try:
-        formant = parse_formant(args.formant)
+        formant = KEEP if args.formant is None else parse_formant(args.formant)
+        mel_match = KEEP if args.mel_match is None else parse_mel_match(args.mel_match)
         for folder in args.models:  # every folder first: all or none are changed
-            check_formant(formant, Config.from_dict(load_manifest(folder).config))
+            cfg = Config.from_dict(load_manifest(folder).config)
+            if formant is not KEEP:
+                check_formant(formant, cfg)
+            if mel_match is not KEEP:
+                check_mel_match(mel_match, cfg)
         for folder in args.models:
-            set_formant(folder, formant)
+            set_postfilters(folder, formant, mel_match)
     except (OSError, WavenetEdgeError) as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
-    print(json.dumps({"models": [str(m) for m in args.models], "formant": formant}))
+    changed = {k: v for k, v in (("formant", formant), ("mel_match", mel_match)) if v is not KEEP}
+    print(json.dumps({"models": [str(m) for m in args.models], **changed}))
     return 0
 
 

@@ -1,7 +1,7 @@
 """Exports a trained run as the package's shipped model, with example clips, a model card and a regression number.
 
     python tools/ship_model.py runs/s_fsdd --data ../shared/data/fsdd/recordings [--name pi --float16 no]
-        [--int8-from runs/s_fsdd_qat] [--temperature 0.5 --formant-postfilter 0.7,0.75]
+        [--int8-from runs/s_fsdd_qat] [--temperature 0.5 --formant-postfilter 0.7,0.75 --mel-match 12]
 
 A checkpoint of a longer or still running run ships through ``tools/snapshot_run.py`` (a finished run of that step).
 
@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import FORMANT_HELP, export, parse_formant, portable_data, replace_folder  # noqa: E402
+from convert.export import (  # noqa: E402
+    FORMANT_HELP, MEL_MATCH_HELP, export, parse_formant, parse_mel_match, portable_data, replace_folder)
 from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from edge_runtime.files import portable_path  # noqa: E402
 from training.checkpoint import load_model, read_log, read_run_info, read_state, write_json_atomic  # noqa: E402
@@ -175,7 +176,7 @@ def check_qat_source(qat_run: Path, run: Path, checkpoint: str) -> None:
 
 def int8_from_qat(qat_run: Path, out: Path, report: dict, runtime: dict) -> dict:
     """Exports the QAT run's last checkpoint as int8 (with the ``runtime`` settings of the float export: temperature,
-    formant postfilter); its NLL against the float run's TF float32 NLL (the export scores the same validation
+    formant postfilter, mel matching); its NLL against the float run's TF float32 NLL (the export scores the same validation
     samples for both runs: same data split, same count)."""
     qat = export(qat_run, out, "int8", checkpoint="last", **runtime)
     int8, float_tf = qat["variants"]["int8"], report["tensorflow_float32"]
@@ -213,13 +214,15 @@ def main() -> None:
     parser.add_argument("--float16", choices=("yes", "no"), default="yes", help="Also ship NAME-float16.")
     parser.add_argument("--temperature", type=float, default=None, help="Sampling temperature to recommend.")
     parser.add_argument("--formant-postfilter", default=None, metavar="N,D", help=FORMANT_HELP)
+    parser.add_argument("--mel-match", default=None, metavar="DB", help=MEL_MATCH_HELP)
     parser.add_argument("--int8-from", type=Path, default=None,
                         help="A QAT run of RUN's shipped checkpoint: its int8 export is the NAME-int8 candidate.")
     args = parser.parse_args()
     prefix = "" if args.name == "default" else f"{args.name}."
 
     try:
-        runtime = {"temperature": args.temperature, "formant": parse_formant(args.formant_postfilter)}
+        runtime = {"temperature": args.temperature, "formant": parse_formant(args.formant_postfilter),
+                   "mel_match": parse_mel_match(args.mel_match)}
     except WavenetEdgeError as e:
         raise SystemExit(f"error: {first_line(e)}") from None
     info = read_run_info(args.run)

@@ -129,20 +129,24 @@ def evaluate(folder, data_dir, files_regex, checkpoint, speaker_regex, device, a
               help="Sampling temperature the manifest recommends (the runtime's default for this model).")
 @click.option("--formant-postfilter", default=None, metavar="N,D",
               help="The formant postfilter A(z/N)/A(z/D) of an LPC model (0 <= N <= D < 1, e.g. 0.7,0.75).")
+@click.option("--mel-match", default=None, metavar="DB",
+              help="The mel-matching postfilter's largest gain in dB (0 < DB <= 60, e.g. 12): the audio's mel bands "
+                   "pulled to the conditioning log-mel.")
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
 @clean_errors
 def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_data, chunk_frames, eval_samples,
-                   temperature, formant_postfilter, force):
+                   temperature, formant_postfilter, mel_match, force):
     """Export a run's checkpoint to TFLite step/conditioner graphs with a manifest and a quality report."""
     require_tensorflow()
-    from convert.export import DEFAULT_CHUNK_FRAMES, OutputExists, export, format_report, parse_formant
+    from convert.export import (DEFAULT_CHUNK_FRAMES, OutputExists, export, format_report, parse_formant,
+                                parse_mel_match)
 
     chunk_frames = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
     try:
         report = export(run_dir, out_dir, quantize, batch=batch, checkpoint=checkpoint,
                         calibration_data=calibration_data, force=force, chunk_frames=chunk_frames,
                         eval_samples=eval_samples, temperature=temperature, formant=parse_formant(formant_postfilter),
-                        log=lambda m: click.echo(m, err=True))
+                        mel_match=parse_mel_match(mel_match), log=lambda m: click.echo(m, err=True))
     except OutputExists as e:  # the library's message cannot name the flag
         raise OutputExists(str(e) + OutputExists.HINT) from None
     click.echo(format_report(report))

@@ -191,6 +191,8 @@ def postfilter_chain(manifest) -> list[str]:
         chain.append("formant postfilter ({}/{})".format(*manifest.formant))
     if manifest.deemphasis:
         chain.append(f"de-emphasis {manifest.deemphasis}")
+    if manifest.mel_match is not None:
+        chain.append(f"mel matching (at most {manifest.mel_match:g} dB)")
     return chain
 
 

@@ -59,13 +59,16 @@ def test_export_bad_requests(tiny_run, tmp_path):
     assert not (tmp_path / "m").exists() and not (tmp_path / "m2").exists()
 
 
-def test_export_refuses_bad_formant_postfilters_before_writing(tiny_run, tmp_path):
+def test_export_refuses_bad_runtime_postfilters_before_writing(tiny_run, tmp_path):
     run_dir, _ = tiny_run
     out = tmp_path / "m"
-    for value, message in [("0.8,0.7", "0 <= numerator <= denominator < 1"), ("0.7", "takes two gammas"),
-                           ("a,b", "takes two gammas"),
-                           ("0.7,0.75", "shapes with the LPC filter: this model has none")]:  # tiny: no LPC
-        assert_clean_error(run_cli("export", str(run_dir), "--out", str(out), "--formant-postfilter", value), message)
+    for flag, value, message in [
+            ("--formant-postfilter", "0.8,0.7", "0 <= numerator <= denominator < 1"),
+            ("--formant-postfilter", "0.7", "takes two gammas"), ("--formant-postfilter", "a,b", "takes two gammas"),
+            ("--formant-postfilter", "0.7,0.75", "shapes with the LPC filter: this model has none"),  # tiny: no LPC
+            ("--mel-match", "0", "needs 0 < max gain <= 60 dB, got 0.0"), ("--mel-match", "61", "got 61.0"),
+            ("--mel-match", "12dB", "takes its largest gain in dB")]:
+        assert_clean_error(run_cli("export", str(run_dir), "--out", str(out), flag, value), message)
         assert not out.exists() and not list(tmp_path.glob(".m*"))
 
 
@@ -89,21 +92,31 @@ def test_set_postfilter_changes_only_the_chain_all_folders_or_none(tiny_run, tmp
 
     assert_clean_error(tool(*voices, plain, "--formant", "0.7,0.75"), "this model has none (lpc_order 0)")
     assert_clean_error(tool(*voices, "--formant", "0.9,0.75"), "numerator <= denominator")
+    assert_clean_error(tool(*voices, "--mel-match", "0"), "0 < max gain <= 60 dB")
+    assert_clean_error(tool(*voices), "give --formant and/or --mel-match")
     assert all((v / "manifest.json").read_bytes() == original for v in voices)  # checked before any was changed
+    before = json.loads(original)
+    kinds = {f["type"]: f for f in before["postfilter"]}
+    lpc, deemphasis = kinds["lpc"], kinds["deemphasis"]
+    shipped_match = [kinds["mel_match"]] if "mel_match" in kinds else []
     r = tool(*voices, "--formant", "0.6,0.8")
     assert r.returncode == 0, r.stderr
-    before = json.loads(original)
-    lpc, deemphasis = before["postfilter"][0], before["postfilter"][-1]
-    assert (lpc["type"], deemphasis["type"]) == ("lpc", "deemphasis")
     for v in voices:
         manifest = load_manifest(v)  # checksums verified: the graphs are untouched
         assert manifest.formant == (0.6, 0.8)
         after = manifest.data
-        assert after["postfilter"] == [lpc, {"type": "formant", "numerator": 0.6, "denominator": 0.8}, deemphasis]
+        assert after["postfilter"] == [lpc, {"type": "formant", "numerator": 0.6, "denominator": 0.8}, deemphasis,
+                                       *shipped_match]  # mel matching, not named, kept
         assert {k: x for k, x in after.items() if k != "postfilter"} == {k: x for k, x in before.items()
                                                                          if k != "postfilter"}
         assert not list(v.glob(".manifest*"))
-    assert tool(voices[0], "--formant", "off").returncode == 0
-    assert load_manifest(voices[0]).formant is None and load_manifest(voices[0]).data["postfilter"] == [lpc, deemphasis]
-    assert tool(voices[0], "--formant", "0.7,0.75").returncode == 0
+    assert tool(voices[0], "--mel-match", "6").returncode == 0
+    assert (load_manifest(voices[0]).mel_match, load_manifest(voices[0]).formant) == (6.0, (0.6, 0.8))
+    assert load_manifest(voices[0]).data["postfilter"][-1] == {"type": "mel_match", "max_gain_db": 6.0}
+    assert tool(voices[0], "--formant", "off", "--mel-match", "off").returncode == 0
+    manifest = load_manifest(voices[0])
+    assert manifest.formant is None and manifest.mel_match is None and manifest.data["postfilter"] == [lpc, deemphasis]
+    restore = ["--formant", "{numerator},{denominator}".format(**kinds["formant"])] if "formant" in kinds else []
+    restore += ["--mel-match", str(kinds["mel_match"]["max_gain_db"])] if shipped_match else []
+    assert tool(voices[0], *restore).returncode == 0
     assert (voices[0] / "manifest.json").read_bytes() == original  # the shipped voice's own bytes again
