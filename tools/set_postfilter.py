@@ -6,7 +6,7 @@
 
 ``--formant`` is the formant postfilter of an LPC model (edge_runtime/postfilter.py), ``--mel-match`` the
 mel-matching postfilter (edge_runtime/melmatch.py); the one not given stays as it is. Only the manifest's
-``postfilter`` chain changes (``convert/export.py:set_postfilters``: the same chain an export with
+``postfilter`` chain changes (``convert/postfilters.py:set_postfilters``: the same chain an export with
 ``--formant-postfilter`` / ``--mel-match`` writes); the graphs, tables and checksums stay, and each manifest is
 replaced in one rename and loaded back. A bad value or a folder that cannot take a filter is a one-line error
 (exit 2), checked for every folder before any is changed.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import (  # noqa: E402
+from convert.postfilters import (  # noqa: E402
     KEEP, check_formant, check_mel_match, parse_formant, parse_mel_match, set_postfilters)
 from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from edge_runtime.manifest import load_manifest  # noqa: E402

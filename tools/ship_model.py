@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.export import (  # noqa: E402
-    FORMANT_HELP, MEL_MATCH_HELP, export, parse_formant, parse_mel_match, portable_data, replace_folder)
+from convert.export import export, portable_data, replace_folder  # noqa: E402
+from convert.postfilters import FORMANT_HELP, MEL_MATCH_HELP, parse_formant, parse_mel_match  # noqa: E402
 from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
 from edge_runtime.files import portable_path  # noqa: E402
 from training.checkpoint import load_model, read_log, read_run_info, read_state, write_json_atomic  # noqa: E402

@@ -138,8 +138,8 @@ def export_command(run_dir, out_dir, quantize, batch, checkpoint, calibration_da
                    temperature, formant_postfilter, mel_match, force):
     """Export a run's checkpoint to TFLite step/conditioner graphs with a manifest and a quality report."""
     require_tensorflow()
-    from convert.export import (DEFAULT_CHUNK_FRAMES, OutputExists, export, format_report, parse_formant,
-                                parse_mel_match)
+    from convert.export import DEFAULT_CHUNK_FRAMES, OutputExists, export, format_report
+    from convert.postfilters import parse_formant, parse_mel_match
 
     chunk_frames = DEFAULT_CHUNK_FRAMES if chunk_frames is None else chunk_frames
     try:
