@@ -1,9 +1,10 @@
 """What the runtime does to a model's samples after decoding them: the manifest's ``postfilter`` chain.
 
 In order: the LPC synthesis filter (an excitation model: edge_runtime/lpc.py), the formant postfilter, the
-de-emphasis (a pre-emphasised model), the mel matching (edge_runtime/melmatch.py). Every stage carries its state from one chunk to the next and computes
-each sample by the same float64 operations however the stream is chunked, so streamed audio equals offline
-audio bit for bit.
+de-emphasis (a pre-emphasised model), the mel matching (edge_runtime/melmatch.py: it holds the newest samples
+back until their frames are in, and a stream ends with :meth:`OutputChain.flush`). Every stage carries its state
+from one chunk to the next and computes each sample by the same float64 operations however the stream is
+chunked, so streamed audio equals offline audio bit for bit.
 
 The formant postfilter is the short-term postfilter of speech codecs (G.729, AMR), ``A(z/g_n) / A(z/g_d)`` with
 ``g_n < g_d``, ``A`` the frame's LPC analysis filter (the one the synthesis filter inverts, bandwidth expansion

@@ -341,7 +341,8 @@ class Synthesizer:
                 for start in range(0, chunk.shape[0], block):
                     cond = self._gates.per_sample(chunk[start:start + block], port)
                     n = cond.shape[0]
-                    audio = self._output(self._run(n, cond, self._noise(rng, n, temperature), None, None), squeeze, gain)
+                    samples = self._run(n, cond, self._noise(rng, n, temperature), None, None)
+                    audio = self._output(samples, squeeze, gain)
                     if audio.shape[0]:  # mel matching holds the newest samples back until their frames are in
                         yield audio
             tail = self._postfilters.flush(squeeze)

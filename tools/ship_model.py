@@ -175,9 +175,9 @@ def check_qat_source(qat_run: Path, run: Path, checkpoint: str) -> None:
 
 
 def int8_from_qat(qat_run: Path, out: Path, report: dict, runtime: dict) -> dict:
-    """Exports the QAT run's last checkpoint as int8 (with the ``runtime`` settings of the float export: temperature,
-    formant postfilter, mel matching); its NLL against the float run's TF float32 NLL (the export scores the same validation
-    samples for both runs: same data split, same count)."""
+    """Exports the QAT run's last checkpoint as int8 (with the ``runtime`` settings of the float export:
+    temperature, formant postfilter, mel matching); its NLL against the float run's TF float32 NLL (the export
+    scores the same validation samples for both runs: same data split, same count)."""
     qat = export(qat_run, out, "int8", checkpoint="last", **runtime)
     int8, float_tf = qat["variants"]["int8"], report["tensorflow_float32"]
     if int8["samples"] != float_tf["samples"]:
