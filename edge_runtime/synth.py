@@ -316,7 +316,9 @@ class Synthesizer:
             gain: the gain the mel frames were taken at (:meth:`features`); the audio is divided by it.
 
         Yields:
-            float32 audio chunks in [-1, 1] at ``sample_rate`` (for batch models: [n, B]).
+            float32 audio chunks in [-1, 1] at ``sample_rate`` (for batch models: [n, B]). A model with mel
+            matching in its chain holds its newest samples back until the frames after them are in (at most
+            ``win_length`` samples) and yields them at the end.
         """
         if temperature is None:
             temperature = self.temperature
