@@ -11,6 +11,7 @@ from pathlib import Path
 from convert.errors import ExportError
 from edge_runtime.files import write_text_atomic
 from edge_runtime.manifest import MANIFEST, load_manifest
+from edge_runtime.melmatch import MAX_GAIN_DB, frames_fit
 from training.config import Config
 
 FORMANT_HELP = ("The formant postfilter A(z/n)/A(z/d) of an LPC model as N,D (0 <= N <= D < 1; e.g. 0.7,0.75), "
@@ -52,9 +53,9 @@ def check_mel_match(max_gain_db: float | None, cfg: Config | None = None) -> Non
     frames that overlap twice)."""
     if max_gain_db is None:
         return
-    if not 0 < max_gain_db <= 60:
-        raise ExportError(f"the mel-matching postfilter needs 0 < max gain <= 60 dB, got {max_gain_db}")
-    if cfg is not None and not (cfg.n_mels and 0 < 2 * cfg.hop_length <= cfg.win_length <= cfg.n_fft):
+    if not 0 < max_gain_db <= MAX_GAIN_DB:
+        raise ExportError(f"the mel-matching postfilter needs 0 < max gain <= {MAX_GAIN_DB:g} dB, got {max_gain_db}")
+    if cfg is not None and not frames_fit(cfg.to_dict()):
         raise ExportError("the mel-matching postfilter needs a mel-conditioned model with 2 * hop_length <= "
                           "win_length <= n_fft")
 
@@ -86,13 +87,13 @@ def parse_mel_match(text: str | None) -> float | None:
     return gain
 
 
-KEEP = object()  # set_postfilters: leave this postfilter as the folder has it
+KEEP = object()  # with_postfilters: leave this postfilter as the folder has it
 
 
-def set_postfilters(folder: str | os.PathLike, formant=KEEP, mel_match=KEEP) -> None:
-    """Rewrites an exported model folder's postfilter chain with the given formant postfilter gammas and
-    mel-matching gain (None: without it; :data:`KEEP`: as it is); the manifest is replaced in one rename, and the
-    folder is loaded back as a check."""
+def with_postfilters(folder: str | os.PathLike, formant=KEEP, mel_match=KEEP) -> dict:
+    """An exported model folder's manifest with its postfilter chain rewritten for the given formant postfilter
+    gammas and mel-matching gain (None: without it; :data:`KEEP`: as it is), checked (ExportError); nothing is
+    written."""
     manifest = load_manifest(folder)
     data = dict(manifest.data)
     cfg = Config.from_dict(data["config"])
@@ -101,5 +102,11 @@ def set_postfilters(folder: str | os.PathLike, formant=KEEP, mel_match=KEEP) -> 
     check_formant(formant, cfg)
     check_mel_match(mel_match, cfg)
     data["postfilter"] = postfilters(cfg, formant, mel_match)
+    return data
+
+
+def write_manifest(folder: str | os.PathLike, data: dict) -> None:
+    """Replaces a model folder's manifest in one rename (graphs and checksums untouched) and loads it back."""
     write_text_atomic(Path(folder) / MANIFEST, json.dumps(data, indent=1) + "\n")
     load_manifest(folder)
+

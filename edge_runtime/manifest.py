@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime import lpc
+from edge_runtime import lpc, melmatch
 from edge_runtime.errors import EdgeError, ModelError
 
 FORMAT = "wavenet-edge"
@@ -289,13 +289,14 @@ def _mel_match(entry: dict | None, cfg: dict, path: Path) -> float | None:
     overlap at least twice (2 * hop_length <= win_length <= n_fft: every sample under two windows)."""
     if entry is None:
         return None
-    n_mels, hop, win, n_fft = (cfg.get(k, 0) for k in ("n_mels", "hop_length", "win_length", "n_fft"))
-    if not n_mels or not 0 < 2 * hop <= win <= n_fft:
+    if not melmatch.frames_fit(cfg):
         raise ModelError(f"{path}: the mel-matching postfilter needs a mel-conditioned model with 2 * hop_length "
-                         f"<= win_length <= n_fft (n_mels {n_mels}, hop {hop}, window {win}, n_fft {n_fft})")
+                         f"<= win_length <= n_fft (n_mels {cfg.get('n_mels')}, hop {cfg.get('hop_length')}, window "
+                         f"{cfg.get('win_length')}, n_fft {cfg.get('n_fft')})")
     gain = entry.get("max_gain_db")
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain <= 60:
-        raise ModelError(f"{path}: the mel-matching postfilter needs max_gain_db, a number in (0, 60], got {gain!r}")
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain <= melmatch.MAX_GAIN_DB:
+        raise ModelError(f"{path}: the mel-matching postfilter needs max_gain_db, a number in "
+                         f"(0, {melmatch.MAX_GAIN_DB:g}], got {gain!r}")
     return float(gain)
 
 

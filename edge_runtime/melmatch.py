@@ -22,6 +22,15 @@ import numpy as np
 
 from edge_runtime.audio import analysis_window, frame_padding, mel_filterbank
 
+MAX_GAIN_DB = 60.0  # the largest per-band gain limit a manifest may ask for
+
+
+def frames_fit(config: dict) -> bool:
+    """Whether a config's frames suit mel matching: mel bands, and every sample under at least two windows
+    (2 * hop_length <= win_length <= n_fft)."""
+    hop, win, n_fft = (config.get(k, 0) for k in ("hop_length", "win_length", "n_fft"))
+    return bool(config.get("n_mels")) and 0 < 2 * hop <= win <= n_fft
+
 
 class MelMatch:
     """Streams [n, B] of audio at the model's level through the postfilter, with the conditioning log-mel frames
@@ -29,12 +38,10 @@ class MelMatch:
     :meth:`flush` the rest at the end of the stream."""
 
     def __init__(self, config: dict, streams: int, max_gain_db: float):
-        if not 0 < max_gain_db <= 60:
-            raise ValueError(f"the mel-matching postfilter needs 0 < max_gain_db <= 60, got {max_gain_db}")
+        if not 0 < max_gain_db <= MAX_GAIN_DB or not frames_fit(config):
+            raise ValueError(f"mel matching needs 0 < max_gain_db <= {MAX_GAIN_DB:g} and frames_fit(config), got "
+                             f"{max_gain_db}")
         n_fft, win, hop = int(config["n_fft"]), int(config["win_length"]), int(config["hop_length"])
-        if not 0 < 2 * hop <= win <= n_fft:
-            raise ValueError(f"the mel-matching postfilter needs 2 * hop_length <= win_length <= n_fft, got "
-                             f"{hop}, {win}, {n_fft}")
         self.hop, self.streams = hop, streams
         self._n_fft, self._n_mels = n_fft, int(config["n_mels"])
         # The window's non-zero span, relative to a frame's first sample (frame f starts at f * hop): log_mel's
@@ -42,10 +49,11 @@ class MelMatch:
         self._offset = (n_fft - win) // 2
         self._lo = self._offset - frame_padding(0, n_fft, hop)[0]
         self._window = analysis_window(n_fft, win)[self._offset:self._offset + win]
+        self._window_sq = self._window * self._window
         self._bank = mel_filterbank(int(config["sample_rate"]), n_fft, self._n_mels, config["fmin"], config["fmax"])
         weights = self._bank.sum(axis=1, keepdims=True)
         self._spread = (self._bank / np.where(weights > 0, weights, 1.0)).T  # [mels, bins]: a bin's bands, mean
-        self._log_floor = float(np.log(config["log_floor"]))
+        self._floor, self._log_floor = float(config["log_floor"]), float(np.log(config["log_floor"]))
         self._limit = max_gain_db / 20.0 * np.log(10.0)
         self.reset()
 
@@ -94,14 +102,14 @@ class MelMatch:
         segment = np.zeros((self.streams, self._n_fft))
         segment[:, self._offset:self._offset + win] = self._x[:, start - self._x0:start - self._x0 + win] * self._window
         spectrum = np.fft.rfft(segment, axis=-1)
-        have = np.maximum(np.log(np.maximum(np.abs(spectrum) @ self._bank, 1e-300)), self._log_floor)
+        have = np.log(np.maximum(np.abs(spectrum) @ self._bank, self._floor))  # log_mel's floor
         want = np.maximum(self._frames[0], self._log_floor)
         gain = np.exp(np.minimum(np.maximum(want - have, -self._limit), self._limit) @ self._spread)
         frame = np.fft.irfft(spectrum * gain, n=self._n_fft, axis=-1)[:, self._offset:self._offset + win]
         at = start - self._a0
         self._reserve(at + win)
         self._acc[:, at:at + win] += frame * self._window
-        self._weight[:, at:at + win] += self._window * self._window
+        self._weight[:, at:at + win] += self._window_sq
         self._frames = self._frames[1:]
         self._next += 1
         drop = self._next * self.hop + self._lo - self._x0  # samples no later frame reads

@@ -6,7 +6,7 @@
 
 ``--formant`` is the formant postfilter of an LPC model (edge_runtime/postfilter.py), ``--mel-match`` the
 mel-matching postfilter (edge_runtime/melmatch.py); the one not given stays as it is. Only the manifest's
-``postfilter`` chain changes (``convert/postfilters.py:set_postfilters``: the same chain an export with
+``postfilter`` chain changes (``convert/postfilters.py:with_postfilters``: the same chain an export with
 ``--formant-postfilter`` / ``--mel-match`` writes); the graphs, tables and checksums stay, and each manifest is
 replaced in one rename and loaded back. A bad value or a folder that cannot take a filter is a one-line error
 (exit 2), checked for every folder before any is changed.
@@ -21,11 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.postfilters import (  # noqa: E402
-    KEEP, check_formant, check_mel_match, parse_formant, parse_mel_match, set_postfilters)
+from convert.postfilters import KEEP, parse_formant, parse_mel_match, with_postfilters, write_manifest  # noqa: E402
 from edge_runtime.errors import WavenetEdgeError, first_line  # noqa: E402
-from edge_runtime.manifest import load_manifest  # noqa: E402
-from training.config import Config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,14 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         formant = KEEP if args.formant is None else parse_formant(args.formant)
         mel_match = KEEP if args.mel_match is None else parse_mel_match(args.mel_match)
-        for folder in args.models:  # every folder first: all or none are changed
-            cfg = Config.from_dict(load_manifest(folder).config)
-            if formant is not KEEP:
-                check_formant(formant, cfg)
-            if mel_match is not KEEP:
-                check_mel_match(mel_match, cfg)
-        for folder in args.models:
-            set_postfilters(folder, formant, mel_match)
+        # every folder checked first: all or none are changed
+        manifests = [(folder, with_postfilters(folder, formant, mel_match)) for folder in args.models]
+        for folder, data in manifests:
+            write_manifest(folder, data)
     except (OSError, WavenetEdgeError) as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
