@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.errors import ModelError
+from edge_runtime.errors import InputError, ModelError
 
 
 def ring_index(layout: np.ndarray, n_layers: int) -> tuple[int, np.ndarray]:
@@ -24,6 +24,26 @@ def ring_index(layout: np.ndarray, n_layers: int) -> tuple[int, np.ndarray]:
     """
     ring = 1 << int(layout[:, 1].max()).bit_length()
     return ring, ((np.arange(ring)[:, None] - layout[None, :, 1]) % ring) * n_layers + layout[None, :, 0]
+
+
+def speaker_index(names: list[str] | None, speaker: int | str | None) -> int:
+    """A speaker name or index -> its index among ``names`` (``None`` -> 0; ``names`` None: a model without
+    speakers, which takes only ``None`` or 0); anything else is an InputError."""
+    if names is None:
+        if speaker not in (None, 0, "0"):
+            raise InputError("this model has no speakers (it was trained without global conditioning)")
+        return 0
+    if speaker is None:
+        return 0
+    if isinstance(speaker, str) and speaker in names:
+        return names.index(speaker)
+    try:
+        index = int(speaker)
+    except (TypeError, ValueError):
+        index = -1
+    if not 0 <= index < len(names):
+        raise InputError(f"unknown speaker {speaker!r}; this model has {', '.join(names)} (or 0..{len(names) - 1})")
+    return index
 
 
 class GateInputs:

@@ -25,7 +25,8 @@ from edge_runtime.graph import Graph
 from edge_runtime.files import default_model_dir, example_clips  # noqa: F401 (public API: edge_runtime/__init__.py)
 from edge_runtime.manifest import Manifest, cfg_dilations, load_manifest, malformed_is_model_error
 from edge_runtime.postfilter import OutputChain
-from edge_runtime.step_inputs import GateInputs, ring_index
+from edge_runtime.sampling import gumbel_noise
+from edge_runtime.step_inputs import GateInputs, ring_index, speaker_index
 
 SILENCE = 128  # µ-law class of 0.0: the "previous sample" before the first one
 
@@ -151,22 +152,7 @@ class Synthesizer:
     # ---------------------------------------------------------------------------------------------- state
     def speaker_index(self, speaker: int | str | None) -> int:
         """A speaker name or index -> index (``None`` -> 0); unknown speakers are an InputError."""
-        names = self.manifest.speakers
-        if not self.use_speaker:
-            if speaker not in (None, 0, "0"):
-                raise InputError("this model has no speakers (it was trained without global conditioning)")
-            return 0
-        if speaker is None:
-            return 0
-        if isinstance(speaker, str) and speaker in names:
-            return names.index(speaker)
-        try:
-            index = int(speaker)
-        except (TypeError, ValueError):
-            index = -1
-        if not 0 <= index < len(names):
-            raise InputError(f"unknown speaker {speaker!r}; this model has {', '.join(names)} (or 0..{len(names) - 1})")
-        return index
+        return speaker_index(self.manifest.speakers if self.use_speaker else None, speaker)
 
     def reset(self, speaker: int | str | None | list = None) -> None:
         """Clears the history (silence before the first sample) and sets the speaker(s) for the next utterance."""
@@ -275,19 +261,8 @@ class Synthesizer:
         return np.array(samples, np.int64)[:, None]
 
     def _noise(self, rng: np.random.Generator, n: int, temperature: float) -> np.ndarray | None:
-        """Gumbel noise scaled to the logits' units: argmax((q - z) s / T + g) = argmax(q + g T / s).
-
-        Drawn in float32 as -log(-log(u)) in place: 0.8 µs per sample instead of 3.5 µs for ``rng.gumbel``.
-        """
-        if temperature == 0:
-            return None
-        g = rng.random((n, self.batch, self.classes), dtype=np.float32)
-        np.maximum(g, np.finfo(np.float32).tiny, out=g)
-        np.log(g, out=g)
-        np.negative(g, out=g)
-        np.log(g, out=g)
-        np.multiply(g, -temperature / self.step.outputs["logits"].scale, out=g)
-        return g
+        """The Gumbel noise of the next n steps in this graph's logit units (None at temperature 0)."""
+        return gumbel_noise(rng, n, self.batch, self.classes, temperature, self.step.outputs["logits"].scale)
 
     # ---------------------------------------------------------------------------------------------- public API
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, float]:
