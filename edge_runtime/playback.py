@@ -54,7 +54,9 @@ class Player:
         """Plays a stream of chunks, starting once enough is buffered that playback need not stop.
 
         The pre-buffer is sized from the speed of the first chunks: if synthesis runs at speed s (seconds of audio
-        per second), a total of D seconds needs D * (1 - s) seconds buffered before starting (plus 10 %).
+        per second), a total of D seconds needs D * (1 - s) seconds buffered before starting, plus 30 %: the first
+        chunks' speed is only an estimate, and a shared CPU can slow down mid-stream (10 % was too little on a
+        2-vCPU VM).
         """
         started, buffered, t0 = False, 0, time.perf_counter()
         prebuffer = int(0.2 * sample_rate)
@@ -64,7 +66,7 @@ class Player:
             elapsed = time.perf_counter() - t0
             if not started and total_samples and elapsed > 0:
                 speed = buffered / sample_rate / elapsed
-                prebuffer = max(prebuffer, int(1.1 * total_samples * max(0.0, 1.0 - speed)))
+                prebuffer = max(prebuffer, int(1.3 * total_samples * max(0.0, 1.0 - speed)))
             if not started and buffered >= min(prebuffer, total_samples or prebuffer):
                 self.stream.start()
                 started = True
